@@ -1,0 +1,76 @@
+"""distleech: a distributed archiving coordinator on CouchDB."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from app.auth import Authenticator
+from app.config import Settings, load_settings
+from app.couch import CouchServer, Database
+from app.errors import register_error_handlers
+from app.leasing import QueueLeaser
+from app.timeutil import Clock, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Context:
+    """What every request handler needs, built once per process by create_app."""
+
+    settings: Settings
+    db: Database
+    leaser: QueueLeaser
+    auth: Authenticator
+    clock: Clock
+
+
+def couch_url(settings: Settings) -> str:
+    """The configured CouchDB, or the bundled server that `distleech run` starts."""
+    return settings.couchdb.url or f"http://127.0.0.1:{settings.couchdb.bundled_port}"
+
+
+def connect(settings: Settings, pool_size: int | None = None) -> Database:
+    """Open the configured database (credentials come from the environment only)."""
+    server = CouchServer(
+        couch_url(settings),
+        username=settings.couchdb.username,
+        password=settings.couchdb.password,
+        timeout=settings.couchdb.timeout_seconds,
+        pool_size=pool_size or max(4, settings.server.threads * 2),
+    )
+    return server.database(settings.couchdb.database)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Clock = utcnow) -> Flask:
+    """Build the WSGI app: the only place that wires settings, database and blueprints."""
+    from app.api import register_blueprints
+    from app.store import init_database
+
+    settings = load_settings(test_config)
+    db = connect(settings)
+    init_database(db, warm=False)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    leaser = QueueLeaser(
+        db,
+        lease_slot=int(os.environ.get("DISTLEECH_LEASE_SLOT", "0")),
+        lease_slots=int(os.environ.get("DISTLEECH_LEASE_SLOTS", "1")),
+        buffer_seconds=settings.leases.buffer_seconds,
+    )
+    auth = Authenticator(
+        db,
+        cache_seconds=settings.auth.credential_cache_seconds,
+        anonymous_workers=settings.auth.anonymous_workers,
+    )
+    app.extensions["distleech"] = Context(settings, db, leaser, auth, clock)
+    register_error_handlers(app)
+    register_blueprints(app)
+    return app

@@ -1,0 +1,201 @@
+"""Settings: defaults < config.yaml < DISTLEECH_* environment < test config.
+
+Everything is merged into one plain dict, validated once with a JSON Schema
+(so a bad value fails at start-up with the key's name), then frozen into
+dataclasses that the rest of the code reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+ENV_PREFIX = "DISTLEECH_"
+# Keys that may only come from the environment: secrets never live in a file.
+ENV_ONLY_KEYS = {("couchdb", "username"), ("couchdb", "password")}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CouchSettings:
+    url: str = ""  # empty: use the bundled server that `distleech run` starts
+    database: str = "distleech"
+    username: str = ""
+    password: str = ""
+    timeout_seconds: float = 30.0
+    bundled_port: int = 5984
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workers: int = 2
+    threads: int = 8
+    max_body_bytes: int = 16 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseSettings:
+    metadata_minutes: float = 60
+    retry_minutes: float = 24 * 60
+    download_days: float = 14
+    archive_minutes: float = 60
+    archive_max_attempts: int = 3
+    max_rows: int = 100
+    buffer_seconds: float = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerSettings:
+    enabled: bool = True
+    reap_seconds: float = 60
+    projector_seconds: float = 10
+    stats_seconds: float = 60
+    leader_lease_seconds: float = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    anonymous_workers: bool = False
+    credential_cache_seconds: float = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    heartbeat_record_seconds: float = 60
+    offline_after_seconds: float = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    couchdb: CouchSettings = dataclasses.field(default_factory=CouchSettings)
+    server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
+    leases: LeaseSettings = dataclasses.field(default_factory=LeaseSettings)
+    scheduler: SchedulerSettings = dataclasses.field(default_factory=SchedulerSettings)
+    auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
+    workers: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
+
+
+def _schema_for(cls: type) -> dict[str, Any]:
+    """Derive a strict JSON Schema from a settings dataclass."""
+    props: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        ftype = hints[field.name]
+        if dataclasses.is_dataclass(ftype):
+            props[field.name] = _schema_for(ftype)  # type: ignore[arg-type]
+        elif ftype is bool:
+            props[field.name] = {"type": "boolean"}
+        elif ftype is int:
+            props[field.name] = {"type": "integer", "minimum": 0}
+        elif ftype is float:
+            props[field.name] = {"type": "number", "exclusiveMinimum": 0}
+        else:
+            props[field.name] = {"type": "string"}
+    return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+SCHEMA = _schema_for(Settings)
+SCHEMA["properties"]["server"]["properties"]["port"]["maximum"] = 65535
+SCHEMA["properties"]["couchdb"]["properties"]["database"]["pattern"] = "^[a-z][a-z0-9_$()+/-]*$"
+SCHEMA["properties"]["leases"]["properties"]["max_rows"].update(minimum=1, maximum=1000)
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Values are JSON when they parse (so `false` and `42` get types), else strings."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn DISTLEECH_SECTION__KEY=value into {"section": {"key": value}}."""
+    result: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name or name == "DISTLEECH_CONFIG":
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        node = result
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        value = _parse_env_value(raw)
+        # Credentials are strings even when they look like numbers.
+        node[path[-1]] = raw if tuple(path) in ENV_ONLY_KEYS else value
+    return result
+
+
+def _check_no_file_secrets(file_values: Mapping[str, Any]) -> None:
+    for section, key in ENV_ONLY_KEYS:
+        if key in (file_values.get(section) or {}):
+            raise ConfigError(
+                f"{section}.{key} may only come from the environment "
+                f"(DISTLEECH_{section.upper()}__{key.upper()}), never from config.yaml"
+            )
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read config.yaml; a missing file means no overrides."""
+    if not path.exists():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections")
+    return loaded
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("DISTLEECH_CONFIG", "config.yaml"))
+
+
+def load_settings(
+    test_config: Mapping[str, Any] | None = None,
+    *,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge every source, validate, and freeze; raise ConfigError naming the bad key."""
+    file_values = read_config_file(config_path or default_config_path())
+    _check_no_file_secrets(file_values)
+    merged = dataclasses.asdict(Settings())
+    for layer in (file_values, env_overrides(os.environ if environ is None else environ)):
+        merged = _deep_merge(merged, layer)
+    merged = _deep_merge(merged, test_config or {})
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(SCHEMA).iter_errors(merged))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ConfigError(f"config key {key}: {error.message}")
+    return _freeze(merged)
+
+
+def _freeze(values: dict[str, Any]) -> Settings:
+    hints = typing.get_type_hints(Settings)
+    sections = {name: hints[name](**values[name]) for name in hints}
+    return Settings(**sections)

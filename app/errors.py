@@ -1,0 +1,143 @@
+"""Errors reported to clients, in CouchDB's own {"error", "reason"} shape.
+
+Every code here is listed in README.md and never changes once shipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Base for errors reported to clients; subclasses pin status and code."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, reason: str, **details: Any) -> None:
+        super().__init__(reason)
+        self.reason, self.details = reason, details
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "reason": self.reason}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class BadRequestError(ApiError):
+    status, code = 400, "bad_request"
+
+
+class InvalidJsonError(ApiError):
+    status, code = 400, "invalid_json"
+
+
+class ValidationFailedError(ApiError):
+    status, code = 400, "validation_failed"
+
+
+class InvalidRowsError(ApiError):
+    status, code = 400, "invalid_rows"
+
+
+class InvalidCsvError(ApiError):
+    status, code = 400, "invalid_csv"
+
+
+class UnsupportedMediaTypeError(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class AuthenticationRequiredError(ApiError):
+    status, code = 401, "authentication_required"
+
+
+class InvalidCredentialsError(ApiError):
+    status, code = 401, "invalid_credentials"
+
+
+class ForbiddenError(ApiError):
+    status, code = 403, "forbidden"
+
+
+class NotFoundError(ApiError):
+    status, code = 404, "not_found"
+
+
+class TaskNotFoundError(ApiError):
+    status, code = 404, "task_not_found"
+
+
+class TaskNotLeasedError(ApiError):
+    status, code = 409, "task_not_leased"
+
+
+class AlreadyExistsError(ApiError):
+    status, code = 409, "already_exists"
+
+
+class UserNotFoundError(ApiError):
+    status, code = 404, "user_not_found"
+
+
+class MethodNotAllowedError(ApiError):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLargeError(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class DatabaseUnavailableError(ApiError):
+    status, code = 503, "database_unavailable"
+
+
+# Werkzeug's HTTP errors mapped to our stable codes; anything else keeps its name.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "authentication_required",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(error: ApiError) -> Response:
+    response = jsonify(error.to_body())
+    response.status_code = error.status
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="distleech"'
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every failure, including unknown routes and 405, as a JSON error body."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        code = _HTTP_CODES.get(error.code or 500, "http_error")
+        response = jsonify({"error": code, "reason": error.description})
+        response.status_code = error.code or 500
+        if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error")
+        response = jsonify({"error": "internal_error", "reason": "Internal server error."})
+        response.status_code = 500
+        return response

@@ -1,0 +1,197 @@
+"""Leased work queues shared by every task kind (albums, downloads, URLs).
+
+A queued aggregate's projection carries `queue`, `state` ("ready", "leased",
+…), `queue_group` (0 = never tried, 1 = retry) and `available_at`. The view
+`queues/ready` orders ready work by [queue, queue_group, available_at], so one
+range read gives never-tried work first, then retries that are due.
+
+Under load every lessee reading the head of the same view would collide on
+the same event ids. So inside one process leasing is serialized per queue
+(one lock), and candidates come from a per-process buffer that prefers this
+process's own slot of ids (`lease_slot` of `lease_slots`), so processes work
+on distinct windows. A lost race (409 on the event id) means "taken, try the
+next one", never an error.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from app.couch import Database
+from app.events import Doc, commit
+from app.timeutil import iso
+
+LEASED = "leased"
+READY = "ready"
+
+
+def ready_range(queue: str, now: datetime) -> dict[str, Any]:
+    """The queues/ready key range of work that may be handed out at `now`."""
+    return {"startkey": [queue], "endkey": [queue, 1, iso(now)]}
+
+
+def is_leasable(state: Doc | None, queue: str, now: datetime) -> bool:
+    return (
+        state is not None
+        and state.get("state") == READY
+        and state.get("queue") == queue
+        and state.get("available_at", "") <= iso(now)
+    )
+
+
+def apply_lease_event(state: Doc, event: Doc) -> bool:
+    """Apply the lease life-cycle events every queued aggregate shares; True if handled."""
+    name, data = event["name"], event["data"]
+    if name == "leased":
+        state["state"] = LEASED
+        state["lease"] = {
+            "holder": data["holder"],
+            "leased_at": event["at"],
+            "expires_at": data["expires_at"],
+        }
+        state["leases"] = state.get("leases", 0) + 1
+    elif name in ("lease_expired", "released"):
+        if state.get("state") == LEASED:
+            state["state"] = READY
+            state["available_at"] = event["at"]
+        state["lease"] = None
+    else:
+        return False
+    return True
+
+
+def lease_decision(queue: str, holder: str, expires_at: datetime, now: datetime) -> Callable[
+    [Doc | None], tuple[str, dict[str, Any]] | None
+]:
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        if not is_leasable(state, queue, now):
+            return None
+        return "leased", {"holder": holder, "expires_at": iso(expires_at)}
+
+    return decide
+
+
+class QueueLeaser:
+    """Hands out ready work of one database, one lease call per queue at a time."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        lease_slot: int = 0,
+        lease_slots: int = 1,
+        buffer_seconds: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.slot, self.slots = lease_slot, max(1, lease_slots)
+        self.buffer_seconds = buffer_seconds
+        self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+        self._buffers: dict[str, collections.deque[Doc]] = {}
+        self._filled_at: dict[str, float] = {}
+
+    def _lock_for(self, queue: str) -> threading.Lock:
+        with self._guard:
+            return self._locks[queue]
+
+    def lease(
+        self, queue: str, holder: str, rows: int, now: datetime, duration: timedelta, actor: str
+    ) -> list[Doc]:
+        """Lease up to `rows` ready items of `queue` to `holder`; return their projections."""
+        with self._lock_for(queue):
+            leased: list[Doc] = []
+            for fresh in (False, True):
+                while len(leased) < rows:
+                    batch = self._take(queue, rows - len(leased), now, fresh)
+                    if not batch:
+                        break
+                    leased.extend(self._record(batch, queue, holder, now, duration, actor))
+                if len(leased) >= rows:
+                    break
+            return leased
+
+    def _record(
+        self, batch: list[Doc], queue: str, holder: str, now: datetime, duration: timedelta,
+        actor: str,
+    ) -> list[Doc]:
+        decide = lease_decision(queue, holder, now + duration, now)
+        outcomes = commit(
+            self.db,
+            [(doc["_id"], decide) for doc in batch],
+            actor=actor,
+            now=now,
+            states={doc["_id"]: doc for doc in batch},
+            retry_lost=0,
+        )
+        return [o.state for o in outcomes if o.recorded and o.state is not None]
+
+    def _take(self, queue: str, wanted: int, now: datetime, fresh: bool) -> list[Doc]:
+        buffer = self._buffers.setdefault(queue, collections.deque())
+        expired = time.monotonic() - self._filled_at.get(queue, 0.0) > self.buffer_seconds
+        if fresh or expired or not buffer:
+            self._refill(queue, wanted, now, fresh)
+            buffer = self._buffers[queue]
+        taken: list[Doc] = []
+        while buffer and len(taken) < wanted:
+            doc = buffer.popleft()
+            if is_leasable(doc, queue, now):
+                taken.append(doc)
+        return taken
+
+    def _refill(self, queue: str, wanted: int, now: datetime, fresh: bool) -> None:
+        """Read a window of candidates, own slot first.
+
+        The first read may use an index that lags (stale=update_after), which on
+        the bundled server saves re-indexing on every call; the documents come
+        with include_docs and are current, so stale rows are dropped here. When
+        that read finds too little, a fresh read decides.
+        """
+        window = max(wanted * self.slots * 2, 200)
+        params: dict[str, Any] = dict(ready_range(queue, now), limit=window, include_docs=True)
+        if not fresh:
+            params["stale"] = "update_after"
+        rows = self.db.view("queues", "ready", reduce=False, **params)
+        docs = [row["doc"] for row in rows if is_leasable(row.get("doc"), queue, now)]
+        own = [d for d in docs if self._slot_of(d["_id"]) == self.slot]
+        others = [d for d in docs if self._slot_of(d["_id"]) != self.slot]
+        self._buffers[queue] = collections.deque(own + others)
+        self._filled_at[queue] = time.monotonic()
+
+    def _slot_of(self, doc_id: str) -> int:
+        return zlib.crc32(doc_id.encode("utf-8")) % self.slots
+
+    def forget(self, queue: str | None = None) -> None:
+        """Drop buffered candidates (after a reaper run, or in tests)."""
+        if queue is None:
+            self._buffers.clear()
+            self._filled_at.clear()
+        else:
+            self._buffers.pop(queue, None)
+            self._filled_at.pop(queue, None)
+
+
+def reap_expired_leases(db: Database, now: datetime, *, actor: str = "scheduler", limit: int = 1000) -> int:
+    """Return every lease that expired by `now` to its queue; return how many."""
+    reaped = 0
+    while True:
+        rows = db.view(
+            "queues", "leases_by_expiry", endkey=iso(now), limit=limit, include_docs=True
+        )
+        docs = {row["id"]: row["doc"] for row in rows if row.get("doc")}
+
+        def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+            lease = (state or {}).get("lease") or {}
+            if (state or {}).get("state") != LEASED or lease.get("expires_at", "~") > iso(now):
+                return None
+            return "lease_expired", {"holder": lease.get("holder")}
+
+        outcomes = commit(db, [(doc_id, decide) for doc_id in docs], actor=actor, now=now, states=docs)
+        reaped += sum(1 for o in outcomes if o.recorded)
+        if len(rows) < limit:
+            return reaped

@@ -1,0 +1,132 @@
+"""Test fixtures: one real bundled CouchDB-compatible server per session, a fresh
+database per test, and clients that carry real credentials."""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.auth import add_user, issue_token
+from app.bundled import running, wait_until_up
+from app.couch import CouchServer
+from app.store import init_database
+
+START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def couch_url(tmp_path_factory: pytest.TempPathFactory):
+    """One server per run: starting it takes a second, a database is cheap."""
+    if url := os.environ.get("TEST_COUCHDB_URL"):  # an already-running server (CouchDB 3.x)
+        yield url.rstrip("/")
+    else:
+        with running(tmp_path_factory.mktemp("couch")) as url:
+            yield url
+
+
+@pytest.fixture
+def couch_server(couch_url):
+    wait_until_up(couch_url)
+    return CouchServer(couch_url, username=os.environ.get("TEST_COUCHDB_USER", ""),
+                       password=os.environ.get("TEST_COUCHDB_PASSWORD", ""))
+
+
+@pytest.fixture
+def db(couch_server):
+    """A fresh, uniquely named database per test, with design docs synced."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    database = couch_server.create_database(name)
+    init_database(database, warm=False)
+    yield database
+    couch_server.delete_database(name)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def make_app(db, clock):
+    def factory(**overrides):
+        config = {
+            "couchdb": {"url": db.server_url, "database": db.name},
+            "scheduler": {"enabled": False},
+            "leases": {"buffer_seconds": 0.000001},
+        }
+        for section, values in overrides.items():
+            config.setdefault(section, {}).update(values)
+        return create_app(config, clock=clock)
+
+    return factory
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def worker_token(db, clock):
+    return issue_token(db, "worker-1", "worker", actor="test", now=clock())
+
+
+@pytest.fixture
+def queuer_token(db, clock):
+    return issue_token(db, "queuer-1", "queuer", actor="test", now=clock())
+
+
+@pytest.fixture
+def admin_auth(db, clock):
+    add_user(db, "root", "correct horse battery", admin=True, actor="test", now=clock())
+    return basic_auth("root", "correct horse battery")
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def token_header(token: str) -> dict[str, str]:
+    return {"X-AUTHENTICATION": token}
+
+
+@pytest.fixture
+def worker(worker_token):
+    """Headers of a worker."""
+    return token_header(worker_token)
+
+
+def write_csv(path: Path, rows, header=("Artist Name", "Album Title"), bom=False) -> Path:
+    import csv
+
+    with path.open("w", encoding="utf-8-sig" if bom else "utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
