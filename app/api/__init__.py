@@ -6,6 +6,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.api import metadata
+    from app.api import admin, archive, metadata, stats
 
-    app.register_blueprint(metadata.bp)
+    for module in (metadata, archive, stats, admin):
+        app.register_blueprint(module.bp)
