@@ -44,6 +44,7 @@ class ServerSettings:
     workers: int = 2
     threads: int = 8
     max_body_bytes: int = 16 * 1024 * 1024
+    max_upload_bytes: int = 1024 * 1024 * 1024  # admin inventory uploads
 
 
 @dataclasses.dataclass(frozen=True)

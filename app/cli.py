@@ -1,0 +1,279 @@
+"""The `distleech` command: one entry point, a subcommand per job."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from app import connect
+from app.config import ConfigError, Settings, load_settings
+from app.couch import CouchError, Database
+from app.errors import ApiError
+from app.timeutil import utcnow
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _db(settings: Settings) -> Database:
+    from app.store import init_database
+
+    db = connect(settings, pool_size=4)
+    try:
+        init_database(db, warm=False)
+    except CouchError as exc:
+        raise click.ClickException(
+            f"cannot use CouchDB at {db.server_url}/{db.name}: {exc}"
+        ) from None
+    return db
+
+
+def _fail_on_api_error(func: Any) -> Any:
+    """Turn our domain errors into a one-line message and exit status 1."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ApiError as exc:
+            raise click.ClickException(f"{exc.code}: {exc.reason}") from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """distleech: hand out archiving work to many workers and keep track of everything.
+
+    Configuration: config.yaml (or $DISTLEECH_CONFIG) and DISTLEECH_* variables,
+    e.g. DISTLEECH_COUCHDB__URL; CouchDB credentials only from
+    DISTLEECH_COUCHDB__USERNAME / DISTLEECH_COUCHDB__PASSWORD.
+    """
+
+
+@main.command()
+def init() -> None:
+    """Create the database, sync design documents and warm their indexes (idempotent)."""
+    from app.store import init_database
+
+    settings = _settings()
+    db = connect(settings, pool_size=4)
+    changed = init_database(db, warm=True)
+    click.echo(f"database {db.name} at {db.server_url}: ready")
+    click.echo("design documents written: " + (", ".join(changed) if changed else "none (up to date)"))
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (server.host).")
+@click.option("--port", type=int, help="Port to listen on (server.port).")
+@click.option("--workers", type=int, help="Worker processes (server.workers).")
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the web app on gunicorn (a production WSGI server)."""
+    from app.server import run_gunicorn
+
+    settings = _settings()
+    run_gunicorn(
+        settings,
+        host=host or settings.server.host,
+        port=port or settings.server.port,
+        workers=workers or settings.server.workers,
+    )
+
+
+@main.command()
+def scheduler() -> None:
+    """Run the scheduler (lease reaper, projector, stats); extra copies wait as standby."""
+    from scheduler import run_scheduler
+
+    run_scheduler(_settings())
+
+
+@main.command()
+def run() -> None:
+    """Start everything: the bundled CouchDB (unless couchdb.url is set), the app, the scheduler."""
+    from app.supervisor import run_all
+
+    sys.exit(run_all(_settings()))
+
+
+def _rows_with_progress(binary: IO[bytes], rows: Iterator[tuple[int, str, str]], label: str) -> Iterator[
+    tuple[int, str, str]
+]:
+    """Show a progress bar by bytes read when writing to a terminal."""
+    from tqdm import tqdm
+
+    size = Path(binary.name).stat().st_size if hasattr(binary, "name") else None
+    with tqdm(total=size, unit="B", unit_scale=True, desc=label, disable=not sys.stderr.isatty()) as bar:
+        for count, row in enumerate(rows, 1):
+            if count % 1000 == 0:
+                bar.update(binary.tell() - bar.n)
+            yield row
+        bar.update((size or bar.n) - bar.n)
+
+
+@main.command("import-csv")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def import_csv(files: tuple[Path, ...], as_json: bool) -> None:
+    """Import inventory CSVs (columns "Artist Name", "Album Title"); importing again adds nothing."""
+    from app.albums import ImportSummary, import_albums, open_csv_text, read_inventory_csv
+
+    settings = _settings()
+    db = _db(settings)
+    failed = False
+    for path in files:
+        summary = ImportSummary()
+        with path.open("rb") as binary, open_csv_text(binary) as text:
+            try:
+                rows = read_inventory_csv(text, summary)
+                import_albums(db, _rows_with_progress(binary, rows, path.name), actor=_actor(),
+                              now=utcnow(), summary=summary)
+            except (ApiError, UnicodeDecodeError) as exc:
+                reason = exc.reason if isinstance(exc, ApiError) else f"not UTF-8: {exc}"
+                click.echo(f"{path}: refused: {reason}", err=True)
+                failed = True
+                continue
+        _print_summary(path, summary.as_dict(), as_json)
+    if failed:
+        sys.exit(1)
+
+
+def _print_summary(path: Path, summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"file": str(path), **summary}))
+        return
+    click.echo(
+        f"{path}: {summary['added']} added, {summary['already_present']} already present, "
+        f"{summary['rejected']} rejected"
+    )
+    for rejection in summary["rejections"]:
+        click.echo(f"  line {rejection['line']}: {rejection['reason']}")
+    if summary["rejected"] > len(summary["rejections"]):
+        click.echo(f"  … and {summary['rejected'] - len(summary['rejections'])} more")
+
+
+@main.group()
+def user() -> None:
+    """Manage users (admins log in with HTTP basic auth)."""
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return str(password)
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="May call every endpoint and manage everything.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (scripts).")
+@_fail_on_api_error
+def user_add(name: str, admin: bool, password_stdin: bool) -> None:
+    """Add a user; the password is asked at a prompt and stored hashed."""
+    from app.auth import add_user
+
+    db = _db(_settings())
+    add_user(db, name, _read_password(password_stdin), admin=admin, actor=_actor(), now=utcnow())
+    click.echo(f"user {name} added" + (" (admin)" if admin else ""))
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@_fail_on_api_error
+def user_passwd(name: str, password_stdin: bool) -> None:
+    """Change a user's password."""
+    from app.auth import change_password
+
+    db = _db(_settings())
+    change_password(db, name, _read_password(password_stdin), actor=_actor(), now=utcnow())
+    click.echo(f"password of {name} changed")
+
+
+@main.group()
+def token() -> None:
+    """Manage worker and queuer tokens (sent as X-AUTHENTICATION or Authorization: Bearer)."""
+
+
+@token.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["worker", "queuer"]), required=True)
+@_fail_on_api_error
+def token_add(name: str, role: str) -> None:
+    """Create a token and print it once; only its hash is stored."""
+    from app.auth import issue_token
+
+    db = _db(_settings())
+    click.echo(issue_token(db, name, role, actor=_actor(), now=utcnow()))
+    click.echo(f"(token for {role} {name}: shown once, store it now)", err=True)
+
+
+@token.command("list")
+def token_list() -> None:
+    """List tokens by name and role (never the tokens themselves)."""
+    from app.auth import list_tokens
+
+    for entry in list_tokens(_db(_settings())):
+        state = "revoked" if entry["revoked"] else "active"
+        click.echo(f"{entry['name']}\t{entry['role']}\t{state}")
+
+
+@token.command("revoke")
+@click.argument("name")
+@_fail_on_api_error
+def token_revoke(name: str) -> None:
+    """Revoke a token by name (running apps forget it within auth.credential_cache_seconds)."""
+    from app.auth import revoke_token
+
+    count = revoke_token(_db(_settings()), name, actor=_actor(), now=utcnow())
+    click.echo(f"{count} token(s) named {name} revoked")
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Only compare; exit 1 if any projection differs.")
+def rebuild(check: bool) -> None:
+    """Recompute every projection from events alone (and write the differences)."""
+    from app.events import rebuild_projections
+
+    report = rebuild_projections(_db(_settings()), check_only=check)
+    click.echo(f"{report.aggregates} aggregates, {report.events} events, {len(report.differing)} differing")
+    for doc_id in report.differing[:50]:
+        click.echo(f"  differs: {doc_id}")
+    if check and report.differing:
+        sys.exit(1)
+    if not check:
+        click.echo(f"{report.written} projections written")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def stats(as_json: bool) -> None:
+    """Print the same figures as GET /stats."""
+    from app.stats import format_stats_text, get_stats
+
+    figures = get_stats(_db(_settings()), utcnow())
+    click.echo(json.dumps(figures, indent=2) if as_json else format_stats_text(figures))
+
+
+if __name__ == "__main__":
+    main()

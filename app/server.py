@@ -1,0 +1,53 @@
+"""Serve the app with gunicorn: several processes, each with a pool of threads.
+
+Each worker process gets a distinct lease slot (DISTLEECH_LEASE_SLOT) so that
+processes prefer distinct windows of a queue and rarely race for the same item.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from app.config import Settings
+
+
+def _post_fork(server: Any, worker: Any) -> None:
+    slots = int(os.environ.get("DISTLEECH_LEASE_SLOTS", "1"))
+    os.environ["DISTLEECH_LEASE_SLOT"] = str(worker.age % max(1, slots))
+
+
+class DistleechGunicorn(BaseApplication):  # type: ignore[misc]
+    """gunicorn driven from code, so `distleech serve` needs no config file."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from app import create_app
+
+        return create_app()
+
+
+def run_gunicorn(settings: Settings, *, host: str, port: int, workers: int) -> None:
+    os.environ["DISTLEECH_LEASE_SLOTS"] = str(workers)
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": settings.server.threads,
+        "timeout": 120,
+        "graceful_timeout": 10,
+        "post_fork": _post_fork,
+        "accesslog": "-",
+        "errorlog": "-",
+        "loglevel": "info",
+    }
+    DistleechGunicorn(options).run()
