@@ -40,7 +40,9 @@ def wait_until_up(url: str, timeout: float = 30.0) -> None:
             if requests.get(url + "/", timeout=2).ok:  # no /_up on pouchdb-server
                 return
         time.sleep(0.1)
-    raise BundledServerError(f"the bundled CouchDB server at {url} did not answer in {timeout:.0f} s")
+    raise BundledServerError(
+        f"the bundled CouchDB server at {url} did not answer in {timeout:.0f} s"
+    )
 
 
 def start(data_dir: Path, port: int, *, in_memory: bool = False) -> subprocess.Popen[bytes]:
@@ -48,13 +50,25 @@ def start(data_dir: Path, port: int, *, in_memory: bool = False) -> subprocess.P
     if not BIN.exists():
         raise BundledServerError(f"{BIN} is missing: run `make install` (npm ci) first")
     data_dir.mkdir(parents=True, exist_ok=True)
-    args = [str(BIN), "--host", "127.0.0.1", "--port", str(port), "--no-color",
-            "--config", str(data_dir / "config.json")]
+    args = [
+        str(BIN),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-color",
+        "--config",
+        str(data_dir / "config.json"),
+    ]
     args += ["--in-memory"] if in_memory else ["--dir", str(data_dir)]
     env = dict(os.environ, NODE_OPTIONS="--unhandled-rejections=warn")
     with open(data_dir / "server.log", "ab") as log:  # the child keeps its own copy
         return subprocess.Popen(
-            args, cwd=data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            args,
+            cwd=data_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 

@@ -78,7 +78,9 @@ def init() -> None:
     db = connect(settings, pool_size=4)
     changed = init_database(db, warm=True)
     click.echo(f"database {db.name} at {db.server_url}: ready")
-    click.echo("design documents written: " + (", ".join(changed) if changed else "none (up to date)"))
+    click.echo(
+        "design documents written: " + (", ".join(changed) if changed else "none (up to date)")
+    )
 
 
 @main.command()
@@ -114,14 +116,16 @@ def run() -> None:
     sys.exit(run_all(_settings()))
 
 
-def _rows_with_progress(binary: IO[bytes], rows: Iterator[tuple[int, str, str]], label: str) -> Iterator[
-    tuple[int, str, str]
-]:
+def _rows_with_progress(
+    binary: IO[bytes], rows: Iterator[tuple[int, str, str]], label: str
+) -> Iterator[tuple[int, str, str]]:
     """Show a progress bar by bytes read when writing to a terminal."""
     from tqdm import tqdm
 
     size = Path(binary.name).stat().st_size if hasattr(binary, "name") else None
-    with tqdm(total=size, unit="B", unit_scale=True, desc=label, disable=not sys.stderr.isatty()) as bar:
+    with tqdm(
+        total=size, unit="B", unit_scale=True, desc=label, disable=not sys.stderr.isatty()
+    ) as bar:
         for count, row in enumerate(rows, 1):
             if count % 1000 == 0:
                 bar.update(binary.tell() - bar.n)
@@ -130,10 +134,12 @@ def _rows_with_progress(binary: IO[bytes], rows: Iterator[tuple[int, str, str]],
 
 
 @main.command("import-csv")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def import_csv(files: tuple[Path, ...], as_json: bool) -> None:
-    """Import inventory CSVs (columns "Artist Name", "Album Title"); importing again adds nothing."""
+    """Import inventory CSVs ("Artist Name", "Album Title" columns); again adds nothing."""
     from app.albums import ImportSummary, import_albums, open_csv_text, read_inventory_csv
 
     settings = _settings()
@@ -144,8 +150,13 @@ def import_csv(files: tuple[Path, ...], as_json: bool) -> None:
         with path.open("rb") as binary, open_csv_text(binary) as text:
             try:
                 rows = read_inventory_csv(text, summary)
-                import_albums(db, _rows_with_progress(binary, rows, path.name), actor=_actor(),
-                              now=utcnow(), summary=summary)
+                import_albums(
+                    db,
+                    _rows_with_progress(binary, rows, path.name),
+                    actor=_actor(),
+                    now=utcnow(),
+                    summary=summary,
+                )
             except (ApiError, UnicodeDecodeError) as exc:
                 reason = exc.reason if isinstance(exc, ApiError) else f"not UTF-8: {exc}"
                 click.echo(f"{path}: refused: {reason}", err=True)
@@ -186,7 +197,9 @@ def _read_password(password_stdin: bool) -> str:
 @user.command("add")
 @click.argument("name")
 @click.option("--admin", is_flag=True, help="May call every endpoint and manage everything.")
-@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (scripts).")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input (scripts)."
+)
 @_fail_on_api_error
 def user_add(name: str, admin: bool, password_stdin: bool) -> None:
     """Add a user; the password is asked at a prompt and stored hashed."""
@@ -256,7 +269,9 @@ def rebuild(check: bool) -> None:
     from app.events import rebuild_projections
 
     report = rebuild_projections(_db(_settings()), check_only=check)
-    click.echo(f"{report.aggregates} aggregates, {report.events} events, {len(report.differing)} differing")
+    click.echo(
+        f"{report.aggregates} aggregates, {report.events} events, {len(report.differing)} differing"
+    )
     for doc_id in report.differing[:50]:
         click.echo(f"  differs: {doc_id}")
     if check and report.differing:

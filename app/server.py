@@ -19,7 +19,7 @@ def _post_fork(server: Any, worker: Any) -> None:
     os.environ["DISTLEECH_LEASE_SLOT"] = str(worker.age % max(1, slots))
 
 
-class DistleechGunicorn(BaseApplication):  # type: ignore[misc]
+class DistleechGunicorn(BaseApplication):
     """gunicorn driven from code, so `distleech serve` needs no config file."""
 
     def __init__(self, options: dict[str, Any]) -> None:

@@ -27,8 +27,9 @@ VAR = Path(os.environ.get("DISTLEECH_VAR", Path.cwd() / "var"))
 def _spawn(args: list[str], log_name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     (VAR / "log").mkdir(parents=True, exist_ok=True)
     with open(VAR / "log" / log_name, "ab") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
 
 def _say(line: str) -> None:

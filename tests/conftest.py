@@ -33,8 +33,11 @@ def couch_url(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def couch_server(couch_url):
     wait_until_up(couch_url)
-    return CouchServer(couch_url, username=os.environ.get("TEST_COUCHDB_USER", ""),
-                       password=os.environ.get("TEST_COUCHDB_PASSWORD", ""))
+    return CouchServer(
+        couch_url,
+        username=os.environ.get("TEST_COUCHDB_USER", ""),
+        password=os.environ.get("TEST_COUCHDB_PASSWORD", ""),
+    )
 
 
 @pytest.fixture

@@ -12,17 +12,18 @@ from app.cli import main
 
 def _upload(client, auth, content: bytes):
     data = {"file": (io.BytesIO(content), "inventory.csv")}
-    return client.post("/api/admin/import-csv", data=data, headers=auth,
-                       content_type="multipart/form-data")
+    return client.post(
+        "/api/admin/import-csv", data=data, headers=auth, content_type="multipart/form-data"
+    )
 
 
 def test_admin_upload_adds_albums_once_and_reports_rejections(client, admin_auth, worker):
     content = (
         "\ufeffArtist Name,Album Title\n"
-        "\"Cockburn, Bruce\",You've Never Seen Everything\n"
-        "\"Cockburn, Bruce\",Life Short Call Now\n"
+        '"Cockburn, Bruce",You\'ve Never Seen Everything\n'
+        '"Cockburn, Bruce",Life Short Call Now\n'
         ",No Artist\n"
-        "\"cockburn,  bruce\",LIFE SHORT CALL NOW\n"
+        '"cockburn,  bruce",LIFE SHORT CALL NOW\n'
     ).encode()
     first = _upload(client, admin_auth, content)
     assert first.status_code == 200
@@ -33,7 +34,10 @@ def test_admin_upload_adds_albums_once_and_reports_rejections(client, admin_auth
     again = _upload(client, admin_auth, content).get_json()
     assert (again["added"], again["already_present"]) == (0, 3)
     albums = client.get("/metadata/10", headers=worker).get_json()["albums"]
-    assert sorted(a["album"] for a in albums) == ["Life Short Call Now", "You've Never Seen Everything"]
+    assert sorted(a["album"] for a in albums) == [
+        "Life Short Call Now",
+        "You've Never Seen Everything",
+    ]
 
 
 def test_upload_without_required_columns_changes_nothing(client, admin_auth, worker, db):
@@ -54,8 +58,11 @@ def test_cli_import_is_idempotent(tmp_path, db, monkeypatch):
     monkeypatch.setenv("DISTLEECH_COUCHDB__URL", db.server_url)
     monkeypatch.setenv("DISTLEECH_COUCHDB__DATABASE", db.name)
     monkeypatch.setenv("DISTLEECH_CONFIG", str(tmp_path / "none.yaml"))
-    path = write_csv(tmp_path / "inv.csv", [("Cockburn, Bruce", f"Album {i}") for i in range(2500)]
-                     + [("", "x")], bom=True)
+    path = write_csv(
+        tmp_path / "inv.csv",
+        [("Cockburn, Bruce", f"Album {i}") for i in range(2500)] + [("", "x")],
+        bom=True,
+    )
     runner = CliRunner()
     first = runner.invoke(main, ["import-csv", str(path)])
     assert first.exit_code == 0, first.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import IO, Any, cast
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -33,7 +34,9 @@ def import_csv() -> tuple[Response, int]:
     text = open_csv_text(_readable(binary))
     try:
         rows = read_inventory_csv(text, summary)
-        import_albums(ctx.db, rows, actor=current_principal().holder, now=ctx.clock(), summary=summary)
+        import_albums(
+            ctx.db, rows, actor=current_principal().holder, now=ctx.clock(), summary=summary
+        )
     except UnicodeDecodeError as exc:
         summary.reject(0, f"the file is not UTF-8 ({exc.reason}); rows before it were imported")
     finally:
@@ -41,8 +44,8 @@ def import_csv() -> tuple[Response, int]:
     return jsonify(summary.as_dict()), 200
 
 
-def _readable(stream: io.IOBase) -> io.BufferedIOBase:
+def _readable(stream: Any) -> IO[bytes]:
     """TextIOWrapper needs a buffered reader; werkzeug's streams are not all of that kind."""
-    if isinstance(stream, io.BufferedIOBase):
-        return stream
-    return io.BufferedReader(stream)  # type: ignore[arg-type]
+    if isinstance(stream, io.BufferedIOBase | io.BytesIO):
+        return cast(IO[bytes], stream)
+    return cast(IO[bytes], io.BufferedReader(stream))
