@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,9 @@ def scheduler() -> None:
     """Run the scheduler (lease reaper, projector, stats); extra copies wait as standby."""
     from scheduler import run_scheduler
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     run_scheduler(_settings())
 
 

@@ -47,13 +47,12 @@ def run_all(settings: Settings) -> int:
         env["DISTLEECH_COUCHDB__URL"] = f"http://127.0.0.1:{port}"
         bundled.wait_until_up(env["DISTLEECH_COUCHDB__URL"])
     url = env.get("DISTLEECH_COUCHDB__URL") or couch_url(settings)
-    db = connect(settings if settings.couchdb.url else _with_url(settings, url), pool_size=4)
+    db = connect(_with_url(settings, url), pool_size=4)
     init_database(db, warm=True)
     exe = [sys.executable, "-m", "app.cli"]
-    parts = {
-        "app": _spawn(exe + ["serve"], "app.log", env),
-        "scheduler": _spawn(exe + ["scheduler"], "scheduler.log", env),
-    }
+    parts = {"app": _spawn(exe + ["serve"], "app.log", env)}
+    if settings.scheduler.enabled:
+        parts["scheduler"] = _spawn(exe + ["scheduler"], "scheduler.log", env)
     _print_banner(settings, url, database is not None)
     stopping = False
 
