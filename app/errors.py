@@ -79,6 +79,34 @@ class TaskNotLeasedError(ApiError):
     status, code = 409, "task_not_leased"
 
 
+class MissingFieldError(ApiError):
+    status, code = 400, "missing_field"
+
+
+class InvalidUrlError(ApiError):
+    status, code = 400, "invalid_url"
+
+
+class InvalidModeError(ApiError):
+    status, code = 400, "invalid_mode"
+
+
+class InvalidTaskIdError(ApiError):
+    status, code = 400, "invalid_task_id"
+
+
+class InvalidStatusError(ApiError):
+    status, code = 400, "invalid_status"
+
+
+class InvalidReasonError(ApiError):
+    status, code = 400, "invalid_reason"
+
+
+class InvalidNameError(ApiError):
+    status, code = 400, "invalid_name"
+
+
 class AlreadyExistsError(ApiError):
     status, code = 409, "already_exists"
 
