@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 from typing import IO, Any
 
 from app import downloads
-from app.downloads import TorrentRef
 from app.couch import Database
+from app.downloads import TorrentRef
 from app.errors import InvalidCsvError
-from app.events import Decision, Doc, commit, projector
+from app.events import Decision, Doc, check_none_lost, commit, projector
 from app.ids import normalize_key, stable_int_id
 from app.leasing import LEASED, READY, QueueLeaser, apply_lease_event
 from app.timeutil import iso
@@ -57,7 +57,9 @@ def apply_album_event(state: Doc, event: Doc) -> None:
         )
     elif name == "torrents_found":
         known = {(t["site"], t["torrentId"]) for t in state["torrents"]}
-        state["torrents"] += [t for t in data["torrents"] if (t["site"], t["torrentId"]) not in known]
+        state["torrents"] += [
+            t for t in data["torrents"] if (t["site"], t["torrentId"]) not in known
+        ]
         state.update(state=FOUND, lease=None, found_at=event["at"])
     elif name == "not_found":
         state["not_found"] += 1
@@ -132,7 +134,7 @@ def read_inventory_csv(stream: IO[str], summary: ImportSummary) -> Iterator[tupl
             yield line, artist, title
 
 
-def open_csv_text(binary: IO[bytes]) -> IO[str]:
+def open_csv_text(binary: IO[bytes]) -> io.TextIOWrapper:
     """Decode UTF-8 with or without a BOM; a decoding error names the problem."""
     return io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
 
@@ -179,8 +181,13 @@ def _assign_ids(
 
 
 def import_albums(
-    db: Database, rows: Iterable[tuple[int, str, str]], *, actor: str, now: datetime,
-    summary: ImportSummary | None = None, batch_size: int = 1000,
+    db: Database,
+    rows: Iterable[tuple[int, str, str]],
+    *,
+    actor: str,
+    now: datetime,
+    summary: ImportSummary | None = None,
+    batch_size: int = 1000,
 ) -> ImportSummary:
     """Add albums that are not stored yet, in batches; importing again adds nothing."""
     summary = summary or ImportSummary()
@@ -196,7 +203,10 @@ def import_albums(
 
 
 def _import_batch(
-    db: Database, batch: list[tuple[int, str, str]], actor: str, now: datetime,
+    db: Database,
+    batch: list[tuple[int, str, str]],
+    actor: str,
+    now: datetime,
     summary: ImportSummary,
 ) -> None:
     assigned = _assign_ids(db, batch, summary)
@@ -241,6 +251,7 @@ def submit_metadata(
     Accepted even when the worker's lease expired or moved on: a result is a
     fact and is never thrown away. Unknown album ids are reported, not applied.
     """
+    found = {album_id: list(dict.fromkeys(refs)) for album_id, refs in found.items()}  # no repeats
     ids = list(found)
     stored = db.get_many(album_doc_id(i) for i in ids)
     results: dict[int, dict[str, Any]] = {}
@@ -260,7 +271,8 @@ def submit_metadata(
             results[album_id] = {"status": "not_found", "retry_at": retry_at}
     found_albums = {i: found[i] for i, r in results.items() if r.get("status") == "found"}
     task_decisions = downloads.creation_decisions(found_albums)
-    commit(db, decisions + task_decisions, actor=holder, now=now, states=stored)
+    outcomes = commit(db, decisions + task_decisions, actor=holder, now=now, states=stored)
+    check_none_lost(outcomes)
     for album_id, torrents in found_albums.items():
         results[album_id]["downloads"] = [
             downloads.public_task_ref(t.host, t.torrent_id) for t in torrents

@@ -92,7 +92,9 @@ def apply_token_event(state: Doc, event: Doc) -> None:
         state.update(state="revoked", revoked=True)
 
 
-def add_user(db: Database, name: str, password: str, *, admin: bool, actor: str, now: datetime) -> None:
+def add_user(
+    db: Database, name: str, password: str, *, admin: bool, actor: str, now: datetime
+) -> None:
     """Create a user with a hashed password; raise AlreadyExistsError if the name is taken."""
     check_name(name)
     if len(password) < 8:
@@ -135,7 +137,11 @@ def issue_token(db: Database, name: str, role: str, *, actor: str, now: datetime
 
 def revoke_token(db: Database, name: str, *, actor: str, now: datetime) -> int:
     """Revoke every active token with this name; return how many."""
-    ids = [row["id"] for row in db.view("auth", "tokens_by_name", key=name) if not row["value"]["revoked"]]
+    ids = [
+        row["id"]
+        for row in db.view("auth", "tokens_by_name", key=name)
+        if not row["value"]["revoked"]
+    ]
     if not ids:
         raise NotFoundError(f"No active token named {name!r}.")
 
@@ -197,11 +203,17 @@ class Authenticator:
 
     def _verify_basic(self, encoded: str) -> Principal:
         try:
-            name, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+            name, _, password = (
+                base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+            )
         except (binascii.Error, UnicodeDecodeError):
             raise InvalidCredentialsError("The basic auth header cannot be decoded.") from None
         doc = self.db.get_or_none(user_doc_id(name)) if name else None
-        if not doc or doc.get("state") != "active" or not check_password_hash(doc["password_hash"], password):
+        if (
+            not doc
+            or doc.get("state") != "active"
+            or not check_password_hash(doc["password_hash"], password)
+        ):
             raise InvalidCredentialsError("Wrong user name or password.")
         return Principal(name, ADMIN if doc.get("admin") else USER)
 
@@ -213,9 +225,9 @@ class Authenticator:
 def current_principal() -> Principal:
     """The caller of the current request, set by `requires`."""
     principal = request.environ.get("distleech.principal")
-    if principal is None:
+    if not isinstance(principal, Principal):
         raise AuthenticationRequiredError("This endpoint needs credentials.")
-    return principal  # type: ignore[no-any-return]
+    return principal
 
 
 def requires(*roles: str) -> Callable[[F], F]:

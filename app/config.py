@@ -143,14 +143,25 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         for part in path[:-1]:
             node = node.setdefault(part, {})
         value = _parse_env_value(raw)
-        # Credentials are strings even when they look like numbers.
-        node[path[-1]] = raw if tuple(path) in ENV_ONLY_KEYS else value
+        # A string setting keeps the raw text even when it looks like JSON: a
+        # password "1234" or a database named "null" are strings, not 1234 or None.
+        node[path[-1]] = raw if _is_string_setting(path) else value
     return result
+
+
+def _is_string_setting(path: list[str]) -> bool:
+    node: Any = SCHEMA
+    for part in path:
+        node = (node.get("properties") or {}).get(part) if isinstance(node, dict) else None
+        if node is None:
+            return False
+    return bool(node.get("type") == "string")
 
 
 def _check_no_file_secrets(file_values: Mapping[str, Any]) -> None:
     for section, key in ENV_ONLY_KEYS:
-        if key in (file_values.get(section) or {}):
+        values = file_values.get(section)
+        if isinstance(values, Mapping) and key in values:  # a non-mapping fails validation
             raise ConfigError(
                 f"{section}.{key} may only come from the environment "
                 f"(DISTLEECH_{section.upper()}__{key.upper()}), never from config.yaml"
@@ -189,7 +200,9 @@ def load_settings(
     for layer in (file_values, env_overrides(os.environ if environ is None else environ)):
         merged = _deep_merge(merged, layer)
     merged = _deep_merge(merged, test_config or {})
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(SCHEMA).iter_errors(merged))
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(SCHEMA).iter_errors(merged)
+    )
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ConfigError(f"config key {key}: {error.message}")
@@ -198,5 +211,13 @@ def load_settings(
 
 def _freeze(values: dict[str, Any]) -> Settings:
     hints = typing.get_type_hints(Settings)
-    sections = {name: hints[name](**values[name]) for name in hints}
+    sections = {}
+    for name, section_cls in hints.items():
+        field_types = typing.get_type_hints(section_cls)
+        # JSON Schema's "integer" accepts 5000.0: give each field its declared type.
+        typed = {
+            key: field_types[key](value) if field_types[key] in (int, float) else value
+            for key, value in values[name].items()
+        }
+        sections[name] = section_cls(**typed)
     return Settings(**sections)

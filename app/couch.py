@@ -206,8 +206,10 @@ class Database:
         return self.server.url
 
     def _doc_path(self, doc_id: str) -> str:
-        if doc_id.startswith("_design/"):
-            return f"{self.path}/_design/{quote(doc_id[8:], safe='')}"
+        # The slash of a design or local document id is part of the URL path, unquoted.
+        for prefix in ("_design/", "_local/"):
+            if doc_id.startswith(prefix):
+                return f"{self.path}/{prefix}{quote(doc_id[len(prefix) :], safe='')}"
         return f"{self.path}/{quote(doc_id, safe='')}"
 
     def info(self) -> dict[str, Any]:
@@ -252,13 +254,15 @@ class Database:
         by_id = {row.get("id"): row for row in rows}
         results = []
         for doc_id in ids:
-            row = by_id.get(doc_id, {})
-            if not new_edits and not row:
+            row = by_id.get(doc_id)
+            if row is None and not new_edits:
                 results.append(BulkResult(doc_id))  # new_edits=false answers only failures
-                continue
-            results.append(
-                BulkResult(doc_id, row.get("rev"), row.get("error"), row.get("reason"))
-            )
+            elif row is None:  # never count a document without an answer as written
+                results.append(BulkResult(doc_id, None, "missing_result", "no row for this id"))
+            else:
+                results.append(
+                    BulkResult(doc_id, row.get("rev"), row.get("error"), row.get("reason"))
+                )
         return results
 
     def all_docs(self, keys: Iterable[str], *, include_docs: bool = True) -> list[dict[str, Any]]:

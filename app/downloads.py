@@ -8,17 +8,19 @@ where its files landed.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from app.couch import Database
-from app.events import Decision, Doc, commit, projector
+from app.events import Decision, Doc, check_none_lost, commit, projector
 from app.ids import stable_int_id
 from app.leasing import READY, QueueLeaser, apply_lease_event
 
 DONE = "done"
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +32,21 @@ class TorrentRef:
 
 
 def site_host(site: str) -> str | None:
-    """The hostname of a site given as a URL ("https://pth.me/") or a bare host ("pth.me")."""
+    """The hostname of a site given as a URL ("https://pth.me/") or a bare host ("pth.me").
+
+    None when there is no usable DNS name or IPv4 address in it: the host names
+    a queue and is part of task ids, so "%%%" or "[::1" must not become one.
+    """
     text = site.strip()
     if not text:
         return None
-    parsed = urlsplit(text if "://" in text else f"//{text}")
-    host = (parsed.hostname or "").lower().rstrip(".")
-    if not host or any(c.isspace() for c in host):
+    try:
+        parsed = urlsplit(text if "://" in text else f"//{text}")
+        host = (parsed.hostname or "").rstrip(".")
+        host = host.encode("idna").decode("ascii").lower()  # bücher.de -> xn--bcher-kva.de
+    except (ValueError, UnicodeError):  # "http://[::1" raises; so do empty IDNA labels
+        return None
+    if not host or len(host) > 253 or not all(_HOST_LABEL.match(p) for p in host.split(".")):
         return None
     return host
 
@@ -86,7 +96,9 @@ def creation_decisions(found: Mapping[int, list[TorrentRef]]) -> list[tuple[str,
     albums_by_torrent: dict[TorrentRef, list[int]] = {}
     for album_id, refs in found.items():
         for ref in refs:
-            albums_by_torrent.setdefault(ref, []).append(album_id)
+            linked = albums_by_torrent.setdefault(ref, [])
+            if album_id not in linked:  # one album may list the same torrent twice
+                linked.append(album_id)
     return [
         (task_doc_id(ref.host, ref.torrent_id), _create_or_link(ref, album_ids))
         for ref, album_ids in albums_by_torrent.items()
@@ -123,21 +135,26 @@ def submit_downloads(
     """Mark tasks filled with the local path their files landed in; report per path.
 
     A task filled again with another path records the move; the same path again
-    changes nothing. Unknown tasks are reported and skipped.
+    changes nothing. Unknown tasks are reported and skipped; a torrent listed
+    under two paths counts under the last one and is reported under the others.
     """
-    wanted = {task_doc_id(r.host, r.torrent_id): (path, r) for path, refs in filled.items() for r in refs}
-    stored = db.get_many(wanted)
+    pairs = [(path, ref) for path, refs in filled.items() for ref in dict.fromkeys(refs)]
+    last_path = {task_doc_id(ref.host, ref.torrent_id): path for path, ref in pairs}
+    stored = db.get_many(last_path)
     report: dict[str, list[dict[str, Any]]] = {path: [] for path in filled}
     decisions: list[tuple[str, Decision]] = []
-    for doc_id, (path, ref) in wanted.items():
+    for path, ref in pairs:
+        doc_id = task_doc_id(ref.host, ref.torrent_id)
         entry: dict[str, Any] = {"site": ref.host, "torrentId": ref.torrent_id}
         if doc_id not in stored:
-            entry.update(error="unknown_task", reason="No download task for this site and torrent id.")
+            entry.update(error="unknown_task", reason="No download task for this site and id.")
+        elif last_path[doc_id] != path:
+            entry.update(error="invalid_entry", reason="Listed under another path too.")
         else:
             entry["status"] = "filled"
             decisions.append((doc_id, _fill(path)))
         report[path].append(entry)
-    commit(db, decisions, actor=holder, now=now, states=stored)
+    check_none_lost(commit(db, decisions, actor=holder, now=now, states=stored))
     return report
 
 

@@ -11,6 +11,9 @@ from typing import Any, ClassVar
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from app.couch import CouchUnavailableError
+from app.events import ConcurrencyError
+
 log = logging.getLogger(__name__)
 
 
@@ -118,6 +121,10 @@ class UserNotFoundError(ApiError):
 class MethodNotAllowedError(ApiError):
     status, code = 405, "method_not_allowed"
 
+    def __init__(self, reason: str, *, allowed: tuple[str, ...] = (), **details: Any) -> None:
+        super().__init__(reason, **details)
+        self.allowed = allowed
+
 
 class PayloadTooLargeError(ApiError):
     status, code = 413, "payload_too_large"
@@ -125,6 +132,10 @@ class PayloadTooLargeError(ApiError):
 
 class DatabaseUnavailableError(ApiError):
     status, code = 503, "database_unavailable"
+
+
+class TryAgainError(ApiError):
+    status, code = 503, "try_again"
 
 
 # Werkzeug's HTTP errors mapped to our stable codes; anything else keeps its name.
@@ -142,6 +153,8 @@ _HTTP_CODES = {
 def error_response(error: ApiError) -> Response:
     response = jsonify(error.to_body())
     response.status_code = error.status
+    if isinstance(error, MethodNotAllowedError) and error.allowed:
+        response.headers["Allow"] = ", ".join(error.allowed)
     if error.status == 401:
         response.headers["WWW-Authenticate"] = 'Basic realm="distleech"'
     return response
@@ -153,6 +166,19 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:
         return error_response(error)
+
+    @app.errorhandler(ConcurrencyError)
+    def _contended(error: ConcurrencyError) -> Response:
+        # Other writers kept winning the same documents; nothing of this request is lost
+        # that a retry would not redo, so tell the client to come back shortly.
+        response = error_response(TryAgainError(str(error)))
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.errorhandler(CouchUnavailableError)
+    def _couch_down(error: CouchUnavailableError) -> Response:
+        log.error("CouchDB unavailable: %s", error)
+        return error_response(DatabaseUnavailableError("The database did not answer as expected."))
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:

@@ -76,7 +76,11 @@ def make_event(
 def apply_event(state: Doc | None, event: Doc) -> Doc:
     """Return the projection after one event (the input is not modified)."""
     aggregate_id = event["aggregate"]
-    new = copy.deepcopy(state) if state else {"_id": aggregate_id, "type": aggregate_type(aggregate_id)}
+    new = (
+        copy.deepcopy(state)
+        if state
+        else {"_id": aggregate_id, "type": aggregate_type(aggregate_id)}
+    )
     new.pop("_rev", None)
     _PROJECTORS[aggregate_type(aggregate_id)](new, event)
     new["version"] = event["version"]
@@ -153,6 +157,17 @@ def commit(
     return [outcomes[agg] for agg, _ in decisions]
 
 
+def check_none_lost(outcomes: Iterable[Outcome]) -> None:
+    """Raise ConcurrencyError when a decision kept losing its race.
+
+    For facts a client is told were accepted (submissions): reporting success
+    for an event that was never written would lose it (invariant 3).
+    """
+    lost = [o.aggregate for o in outcomes if o.lost_race]
+    if lost:
+        raise ConcurrencyError("other writers kept winning: " + ", ".join(lost))
+
+
 def _commit_once(
     db: Database,
     decisions: Sequence[tuple[str, Decision]],
@@ -177,18 +192,21 @@ def _commit_once(
         by_event[event["_id"]] = (agg, decide)
     lost: list[tuple[str, Decision]] = []
     won: list[Doc] = []
+    refused: list[str] = []
     for event, result in zip(events, db.bulk_docs(events), strict=True):
         if result.ok:
             won.append(event)
         elif _lost_race(result):
             lost.append(by_event[event["_id"]])
         else:
-            raise RuntimeError(f"event {event['_id']} refused: {result.error} {result.reason}")
+            refused.append(f"{event['_id']}: {result.error} {result.reason}")
     projections = [apply_event(known.get(ev["aggregate"]) or None, ev) for ev in won]
     write_projections(db, projections)
     for event, projection in zip(won, projections, strict=True):
         known[event["aggregate"]] = projection
         outcomes[event["aggregate"]] = Outcome(event["aggregate"], True, projection, event)
+    if refused:  # raised only now, so that the events that were written are projected
+        raise RuntimeError("events refused: " + "; ".join(refused))
     return lost
 
 
@@ -292,8 +310,10 @@ class RebuildReport:
     written: int = 0
 
 
-def rebuild_projections(db: Database, *, check_only: bool = False, batch: int = 500) -> RebuildReport:
-    """Recompute every projection from events alone; write (or, with check_only, list) differences."""
+def rebuild_projections(
+    db: Database, *, check_only: bool = False, batch: int = 500
+) -> RebuildReport:
+    """Recompute every projection from events alone; write (or with check_only list) differences."""
     report = RebuildReport()
     chunk: list[tuple[str, Doc | None]] = []
 

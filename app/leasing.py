@@ -24,11 +24,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.couch import Database
-from app.events import Doc, commit
+from app.events import Doc, commit, repair_projection
 from app.timeutil import iso
 
 LEASED = "leased"
 READY = "ready"
+MAX_ROUNDS = 50  # lease rounds per call: a backstop, rounds normally end on their own
 
 
 def ready_range(queue: str, now: datetime) -> dict[str, Any]:
@@ -66,9 +67,9 @@ def apply_lease_event(state: Doc, event: Doc) -> bool:
     return True
 
 
-def lease_decision(queue: str, holder: str, expires_at: datetime, now: datetime) -> Callable[
-    [Doc | None], tuple[str, dict[str, Any]] | None
-]:
+def lease_decision(
+    queue: str, holder: str, expires_at: datetime, now: datetime
+) -> Callable[[Doc | None], tuple[str, dict[str, Any]] | None]:
     def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
         if not is_leasable(state, queue, now):
             return None
@@ -106,18 +107,24 @@ class QueueLeaser:
         """Lease up to `rows` ready items of `queue` to `holder`; return their projections."""
         with self._lock_for(queue):
             leased: list[Doc] = []
-            for fresh in (False, True):
-                while len(leased) < rows:
-                    batch = self._take(queue, rows - len(leased), now, fresh)
-                    if not batch:
-                        break
-                    leased.extend(self._record(batch, queue, holder, now, duration, actor))
+            # Every round takes candidates out of the buffer or refills it, and every
+            # lost race moves a projection forward, so rounds end; the cap is a backstop.
+            for _ in range(MAX_ROUNDS):
                 if len(leased) >= rows:
                     break
+                batch = self._take(queue, rows - len(leased), now)
+                if not batch:
+                    break
+                leased.extend(self._record(batch, queue, holder, now, duration, actor))
             return leased
 
     def _record(
-        self, batch: list[Doc], queue: str, holder: str, now: datetime, duration: timedelta,
+        self,
+        batch: list[Doc],
+        queue: str,
+        holder: str,
+        now: datetime,
+        duration: timedelta,
         actor: str,
     ) -> list[Doc]:
         decide = lease_decision(queue, holder, now + duration, now)
@@ -129,38 +136,58 @@ class QueueLeaser:
             states={doc["_id"]: doc for doc in batch},
             retry_lost=0,
         )
+        lost = [o.aggregate for o in outcomes if o.lost_race]
+        if lost:
+            self._repair_lagging(lost, {doc["_id"]: doc for doc in batch})
         return [o.state for o in outcomes if o.recorded and o.state is not None]
 
-    def _take(self, queue: str, wanted: int, now: datetime, fresh: bool) -> list[Doc]:
+    def _repair_lagging(self, lost: list[str], candidates: dict[str, Doc]) -> None:
+        """Repair lost candidates whose stored projection still lags their events.
+
+        Usually the winner has written its projection and the view drops the item.
+        But a winner that crashed between its two writes leaves a projection that
+        looks ready forever (until the projector job runs): without this, every
+        read would offer it again and the lease call would spin on it.
+        """
+        stored = self.db.get_many(lost)
+        for doc_id in lost:
+            doc = stored.get(doc_id)
+            if doc is not None and doc.get("version") == candidates[doc_id].get("version"):
+                repair_projection(self.db, doc_id)
+
+    def _take(self, queue: str, wanted: int, now: datetime) -> list[Doc]:
+        """Up to `wanted` candidates: from the buffer while it is young, else from a read."""
         buffer = self._buffers.setdefault(queue, collections.deque())
         expired = time.monotonic() - self._filled_at.get(queue, 0.0) > self.buffer_seconds
-        if fresh or expired or not buffer:
-            self._refill(queue, wanted, now, fresh)
-            buffer = self._buffers[queue]
-        taken: list[Doc] = []
-        while buffer and len(taken) < wanted:
-            doc = buffer.popleft()
-            if is_leasable(doc, queue, now):
-                taken.append(doc)
-        return taken
+        for refill in (expired or not buffer, True):
+            if refill:
+                self._refill(queue, wanted, now)
+                buffer = self._buffers[queue]
+            taken: list[Doc] = []
+            while buffer and len(taken) < wanted:
+                doc = buffer.popleft()
+                if is_leasable(doc, queue, now):
+                    taken.append(doc)
+            if taken or refill:
+                return taken
+        return []
 
-    def _refill(self, queue: str, wanted: int, now: datetime, fresh: bool) -> None:
+    def _refill(self, queue: str, wanted: int, now: datetime) -> None:
         """Read a window of candidates, own slot first.
 
-        The first read may use an index that lags (stale=update_after), which on
-        the bundled server saves re-indexing on every call; the documents come
-        with include_docs and are current, so stale rows are dropped here. When
-        that read finds too little, a fresh read decides.
+        The read is never stale (no stale=update_after): a lagging index misses
+        work that became ready since the last read, such as newly imported albums,
+        and would hand out retries before never-tried work. The documents come
+        with include_docs, so rows whose document moved on are dropped here.
         """
         window = max(wanted * self.slots * 2, 200)
         params: dict[str, Any] = dict(ready_range(queue, now), limit=window, include_docs=True)
-        if not fresh:
-            params["stale"] = "update_after"
         rows = self.db.view("queues", "ready", reduce=False, **params)
         docs = [row["doc"] for row in rows if is_leasable(row.get("doc"), queue, now)]
-        own = [d for d in docs if self._slot_of(d["_id"]) == self.slot]
-        others = [d for d in docs if self._slot_of(d["_id"]) != self.slot]
-        self._buffers[queue] = collections.deque(own + others)
+        # Own slot first spreads processes over distinct candidates, but only within
+        # a queue group: never-tried work still comes before every retry (stable sort).
+        docs.sort(key=lambda d: (d.get("queue_group", 0), self._slot_of(d["_id"]) != self.slot))
+        self._buffers[queue] = collections.deque(docs)
         self._filled_at[queue] = time.monotonic()
 
     def _slot_of(self, doc_id: str) -> int:
@@ -176,22 +203,33 @@ class QueueLeaser:
             self._filled_at.pop(queue, None)
 
 
-def reap_expired_leases(db: Database, now: datetime, *, actor: str = "scheduler", limit: int = 1000) -> int:
+def reap_expired_leases(
+    db: Database, now: datetime, *, actor: str = "scheduler", limit: int = 1000
+) -> int:
     """Return every lease that expired by `now` to its queue; return how many."""
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        lease = (state or {}).get("lease") or {}
+        if (state or {}).get("state") != LEASED or lease.get("expires_at", "~") > iso(now):
+            return None
+        return "lease_expired", {"holder": lease.get("holder")}
+
     reaped = 0
     while True:
         rows = db.view(
-            "queues", "leases_by_expiry", endkey=iso(now), limit=limit, include_docs=True
+            "queues",
+            "leases_by_expiry",
+            endkey=iso(now),
+            limit=limit,
+            include_docs=True,
+            reduce=False,  # the view has a _count reduce, which refuses include_docs
         )
         docs = {row["id"]: row["doc"] for row in rows if row.get("doc")}
-
-        def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
-            lease = (state or {}).get("lease") or {}
-            if (state or {}).get("state") != LEASED or lease.get("expires_at", "~") > iso(now):
-                return None
-            return "lease_expired", {"holder": lease.get("holder")}
-
-        outcomes = commit(db, [(doc_id, decide) for doc_id in docs], actor=actor, now=now, states=docs)
-        reaped += sum(1 for o in outcomes if o.recorded)
-        if len(rows) < limit:
+        outcomes = commit(
+            db, [(doc_id, decide) for doc_id in docs], actor=actor, now=now, states=docs
+        )
+        recorded = sum(1 for o in outcomes if o.recorded)
+        reaped += recorded
+        # A full page that reaped nothing would be read again as it is: stop there.
+        if len(rows) < limit or not recorded:
             return reaped

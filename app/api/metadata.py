@@ -14,7 +14,8 @@ from app import albums, downloads
 from app.auth import WORKER, current_principal, requires
 from app.downloads import TorrentRef
 from app.errors import MethodNotAllowedError, ValidationFailedError
-from app.web import context, json_body, parse_rows
+from app.ids import MAX_SAFE_INT
+from app.web import context, json_body, parse_rows, whole_number
 
 bp = Blueprint("metadata", __name__)
 
@@ -26,7 +27,11 @@ def lease_metadata(rows: str) -> Response:
     ctx = context()
     count = parse_rows(rows, ctx.settings.leases.max_rows)
     leased = albums.lease_albums(
-        ctx.leaser, current_principal().holder, count, ctx.clock(), ctx.settings.leases.metadata_minutes
+        ctx.leaser,
+        current_principal().holder,
+        count,
+        ctx.clock(),
+        ctx.settings.leases.metadata_minutes,
     )
     return jsonify({"albums": leased})
 
@@ -43,9 +48,11 @@ def _parse_torrent_ref(item: Any) -> TorrentRef | str:
     host = downloads.site_host(site) if isinstance(site, str) else None
     if host is None:
         return "site must be the site's URL or hostname"
-    if isinstance(torrent_id, str) and torrent_id.strip().isdigit():
-        torrent_id = int(torrent_id)
-    if isinstance(torrent_id, bool) or not isinstance(torrent_id, int) or torrent_id < 1:
+    if isinstance(torrent_id, str):
+        torrent_id = whole_number(torrent_id.strip())
+    if isinstance(torrent_id, bool) or not isinstance(torrent_id, int):
+        return "torrentId must be a positive whole number"
+    if not 1 <= torrent_id <= MAX_SAFE_INT:  # ids must survive JavaScript (views, clients)
         return "torrentId must be a positive whole number"
     return TorrentRef(host, torrent_id)
 
@@ -69,6 +76,12 @@ def _body_object() -> dict[str, Any]:
     return body
 
 
+@bp.get("/metadata/submit")
+def submit_metadata_get() -> Response:
+    # Without this, GET falls through to /metadata/<rows> and answers invalid_rows.
+    raise MethodNotAllowedError("Use POST or PUT /metadata/submit with a JSON body.")
+
+
 @bp.route("/metadata/submit", methods=["POST", "PUT"])
 @requires(WORKER)
 def submit_metadata() -> tuple[Response, int]:
@@ -76,21 +89,27 @@ def submit_metadata() -> tuple[Response, int]:
     ctx = context()
     report: dict[str, Any] = {}
     found: dict[int, list[TorrentRef]] = {}
+    key_of: dict[int, str] = {}  # results are reported under the key the client sent
     for key, value in _body_object().items():
-        if not key.strip().isdigit():
-            report[key] = _entry_error("invalid_album_id", "Album ids are whole numbers, sent as strings.")
-            continue
+        album_id = whole_number(key.strip())
         refs = _parse_ref_list(value)
-        if isinstance(refs, str):
+        if album_id is None:
+            report[key] = _entry_error("invalid_album_id", "Album ids are whole numbers.")
+        elif album_id in found:  # "111" and "0111" name one album
+            report[key] = _entry_error("invalid_entry", f"Album {album_id} is listed twice.")
+        elif isinstance(refs, str):
             report[key] = _entry_error("invalid_entry", refs)
         else:
-            found[int(key)] = refs
+            found[album_id], key_of[album_id] = refs, key
     if found:
         results = albums.submit_metadata(
-            ctx.db, found, holder=current_principal().holder, now=ctx.clock(),
+            ctx.db,
+            found,
+            holder=current_principal().holder,
+            now=ctx.clock(),
             retry_minutes=ctx.settings.leases.retry_minutes,
         )
-        report.update({str(k): v for k, v in results.items()})
+        report.update({key_of[album_id]: v for album_id, v in results.items()})
     return _report_response(report, "albums")
 
 
@@ -99,7 +118,11 @@ def _report_response(report: dict[str, Any], noun: str) -> tuple[Response, int]:
     applied = sum(1 for v in report.values() if _is_applied(v))
     body = {"accepted": applied, "rejected": len(report) - applied, noun: report}
     if applied == 0:
-        body = {"error": "no_valid_entries", "reason": "No entry could be applied.", "details": body}
+        body = {
+            "error": "no_valid_entries",
+            "reason": "No entry could be applied.",
+            "details": body,
+        }
         return jsonify(body), 400
     return jsonify(body), 200
 
@@ -112,8 +135,10 @@ def _is_applied(value: Any) -> bool:
 
 @bp.get("/torrents")
 def torrents_get() -> Response:
+    """Anyone: always 405, with a hint (the original answered GET with an HTML error)."""
     raise MethodNotAllowedError(
-        "Use POST /torrents with form fields site and rows to lease download tasks."
+        "Use POST /torrents with form fields site and rows to lease download tasks.",
+        allowed=("POST",),
     )
 
 
@@ -125,10 +150,16 @@ def lease_torrents() -> Response:
     site = request.form.get("site", "")
     host = downloads.site_host(site)
     if host is None:
-        raise ValidationFailedError("Form field site must be the site's URL or hostname.", field="site")
+        raise ValidationFailedError(
+            "Form field site must be the site's URL or hostname.", field="site"
+        )
     count = parse_rows(request.form.get("rows"), ctx.settings.leases.max_rows)
     leased = downloads.lease_downloads(
-        ctx.leaser, host, current_principal().holder, count, ctx.clock(),
+        ctx.leaser,
+        host,
+        current_principal().holder,
+        count,
+        ctx.clock(),
         ctx.settings.leases.download_days,
     )
     return jsonify({"site": host, "torrents": leased})
@@ -152,8 +183,8 @@ def submit_torrents() -> tuple[Response, int]:
             filled[path] = refs
     if filled:
         report.update(
-            downloads.submit_downloads(ctx.db, filled, holder=current_principal().holder, now=ctx.clock())
+            downloads.submit_downloads(
+                ctx.db, filled, holder=current_principal().holder, now=ctx.clock()
+            )
         )
     return _report_response(report, "paths")
-
-
