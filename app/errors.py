@@ -78,10 +78,6 @@ class TaskNotFoundError(ApiError):
     status, code = 404, "task_not_found"
 
 
-class TaskNotLeasedError(ApiError):
-    status, code = 409, "task_not_leased"
-
-
 class MissingFieldError(ApiError):
     status, code = 400, "missing_field"
 

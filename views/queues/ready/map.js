@@ -1,8 +1,9 @@
-// Ready work by [queue, queue_group, available_at]: group 0 is never tried, group 1
+// Ready work by [queue, queue_group, available_at, id]: group 0 is never tried, group 1
 // retries, so one key range gives never-tried work first, then the retries that are
-// due. Queried by app/leasing.py with include_docs (the projection is the candidate).
+// due. The id makes every key unique, so app/leasing.py can walk on from a cursor
+// (startkey + skip=1; pouchdb-server ignores startkey_docid). Queried with include_docs.
 function (doc) {
   if (doc.type !== 'event' && doc.state === 'ready' && doc.queue) {
-    emit([doc.queue, doc.queue_group || 0, doc.available_at || ''], null);
+    emit([doc.queue, doc.queue_group || 0, doc.available_at || '', doc._id], null);
   }
 }
