@@ -25,6 +25,7 @@ fresh read.
 from __future__ import annotations
 
 import collections
+import random
 import threading
 import time
 import zlib
@@ -106,6 +107,7 @@ class QueueLeaser:
         self._buffers: dict[str, collections.deque[Doc]] = {}
         self._fresh_at: dict[str, float] = {}  # when the index was last read fresh
         self._cursors: dict[str, list[Any]] = {}  # last key read, for the stale walk
+        self._contended: set[str] = set()  # queues where this process just lost races
 
     def _lock_for(self, queue: str) -> threading.Lock:
         with self._guard:
@@ -148,6 +150,7 @@ class QueueLeaser:
         )
         lost = [o.aggregate for o in outcomes if o.lost_race]
         if lost:
+            self._contended.add(queue)
             self._repair_lagging(lost, {doc["_id"]: doc for doc in batch})
         return [o.state for o in outcomes if o.recorded and o.state is not None]
 
@@ -209,6 +212,11 @@ class QueueLeaser:
         docs = [row["doc"] for row in rows if is_leasable(row.get("doc"), queue, now)]
         # Own slot first spreads processes over distinct candidates, but only within
         # a queue group: never-tried work still comes before every retry (stable sort).
+        if queue in self._contended:
+            # Another process chases the same head (same slot, or slots not set):
+            # take this window in random order, so the two stop colliding item by item.
+            self._contended.discard(queue)
+            random.shuffle(docs)
         docs.sort(key=lambda d: (d.get("queue_group", 0), self._slot_of(d["_id"]) != self.slot))
         self._buffers[queue] = buffer = collections.deque(docs)
         return buffer

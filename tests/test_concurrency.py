@@ -77,10 +77,17 @@ def test_16_threads_lease_5000_albums_each_exactly_once(app, db, clock):
     assert rebuild_projections(db, check_only=True).differing == []
 
 
-def test_two_processes_never_lease_the_same_album(make_app, db, clock):
-    """Two apps are two processes: separate leasers, buffers and locks, one database."""
+def test_two_processes_never_lease_the_same_album(make_app, db, clock, monkeypatch):
+    """Two apps are two processes: separate leasers, buffers and locks, one database.
+
+    Each gets its own lease slot, as `distleech serve` gives each gunicorn worker.
+    """
     expected = import_many(db, 1500, clock())
-    apps = [make_app(), make_app()]
+    monkeypatch.setenv("DISTLEECH_LEASE_SLOTS", "2")
+    apps = []
+    for slot in (0, 1):
+        monkeypatch.setenv("DISTLEECH_LEASE_SLOT", str(slot))
+        apps.append(make_app())
     assert apps[0].extensions["distleech"].leaser is not apps[1].extensions["distleech"].leaser
     got = drain(apps, db, clock, threads=8)
     check_each_held_once(db, expected, got)

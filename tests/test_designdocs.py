@@ -68,7 +68,7 @@ def test_a_changed_map_is_written_once(db, files):
         k: v for k, v in before.items() if k != "_design/queues"
     }
     assert (
-        "emit([doc.queue, doc.queue_group || 0, doc.available_at || ''], 1)"
+        "emit([doc.queue, doc.queue_group || 0, doc.available_at || '', doc._id], 1)"
         in db.get("_design/queues")["views"]["ready"]["map"]
     )
 
