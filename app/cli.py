@@ -70,6 +70,15 @@ def main() -> None:
     """
 
 
+def _add_subgroups() -> None:
+    """Attach the command groups that live beside the code they drive."""
+    from app.ingest_cli import ingest
+    from app.refworkers.cli import worker
+
+    main.add_command(ingest)
+    main.add_command(worker)
+
+
 @main.command()
 def init() -> None:
     """Create the database, sync design documents and warm their indexes (idempotent)."""
@@ -293,6 +302,8 @@ def stats(as_json: bool) -> None:
     figures = get_stats(_db(_settings()), utcnow())
     click.echo(json.dumps(figures, indent=2) if as_json else format_stats_text(figures))
 
+
+_add_subgroups()
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,10 @@
 """Download tasks: a torrent on a site that a seedbox worker should fetch.
 
 Created when a metadata worker finds an album's torrent (never twice for the
-same site and torrent id), leased per site, and filled with the local path
-where its files landed.
+same site and torrent id), leased per site, linked to its registered torrent
+(`torrent_linked`), and filled with the local path where its files landed. A
+task whose torrent was trumped or deleted on the site is `cancelled`: the
+queue view serves only "ready" tasks, so it is never leased again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from app.ids import stable_int_id
 from app.leasing import READY, QueueLeaser, apply_lease_event
 
 DONE = "done"
+CANCELLED = "cancelled"
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
@@ -88,7 +91,18 @@ def apply_task_event(state: Doc, event: Doc) -> None:
     elif name == "albums_linked":
         state["albums"] += [a for a in data["albums"] if a not in state["albums"]]
     elif name == "filled":
-        state.update(state=DONE, path=data["path"], filled_at=event["at"], lease=None)
+        # A cancelled task keeps its state (a late submission is recorded, not revived).
+        if state["state"] != CANCELLED:
+            state.update(state=DONE, lease=None)
+        state.update(path=data["path"], filled_at=event["at"])
+        if data.get("info_hash"):
+            state["info_hash"] = data["info_hash"]
+    elif name == "torrent_linked":
+        state["info_hash"] = data["info_hash"]
+    elif name == "cancelled":
+        state.update(state=CANCELLED, lease=None, cancelled_at=event["at"])
+        if data.get("info_hash"):
+            state["info_hash"] = data["info_hash"]
 
 
 def creation_decisions(found: Mapping[int, list[TorrentRef]]) -> list[tuple[str, Decision]]:
@@ -160,8 +174,50 @@ def submit_downloads(
 
 def _fill(path: str) -> Decision:
     def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
-        if state is None or (state.get("state") == DONE and state.get("path") == path):
+        if state is None or (state.get("state") in (DONE, CANCELLED) and state.get("path") == path):
             return None
         return "filled", {"path": path}
+
+    return decide
+
+
+def fill_decision(path: str, info_hash: str) -> Decision:
+    """Ingest matched the task's torrent at `path`: fill it (or record the move).
+
+    A cancelled task is left alone: its torrent is gone from the site, and the
+    torrent aggregate records where the files are anyway.
+    """
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        if state is None or state.get("state") == CANCELLED:
+            return None
+        if state.get("state") == DONE and state.get("path") == path:
+            return None
+        return "filled", {"path": path, "info_hash": info_hash}
+
+    return decide
+
+
+def link_decision(info_hash: str) -> Decision:
+    """Link the task to its registered torrent once; a task linked elsewhere stays as it is."""
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        if state is None or state.get("info_hash"):
+            return None
+        return "torrent_linked", {"info_hash": info_hash}
+
+    return decide
+
+
+def cancel_decision(info_hash: str | None, reason: str | None = None) -> Decision:
+    """Cancel a task that is still waiting or leased; done and cancelled tasks stay."""
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        if state is None or state.get("state") in (DONE, CANCELLED):
+            return None
+        data: dict[str, Any] = {"reason": reason}
+        if info_hash:
+            data["info_hash"] = info_hash
+        return "cancelled", data
 
     return decide

@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.api import admin, archive, metadata, stats
+    from app.api import admin, archive, cache, metadata, stats, torrents
 
-    for module in (metadata, archive, stats, admin):
+    for module in (metadata, archive, stats, admin, torrents, cache):
         app.register_blueprint(module.bp)

@@ -1,0 +1,207 @@
+"""The torrent registry and ingest matching over HTTP.
+
+Every endpoint here is for workers (a worker token, or an admin; anonymous
+callers too when `auth.anonymous_workers` is on): the metadata and download
+workers upload what they learn, the ingest scanner sends listings, and a
+reseeding worker asks where a torrent's files live.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Request, Response, jsonify, request
+
+from app import ingest, torrents
+from app.auth import WORKER, current_principal, requires
+from app.downloads import TorrentRef
+from app.errors import InvalidReasonError, MissingFieldError, ValidationFailedError
+from app.web import context, json_body, whole_number
+
+bp = Blueprint("torrents", __name__)
+
+MAX_REASON_CHARS = 1000
+DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT = 50, 100
+
+
+def _actor() -> str:
+    return current_principal().holder
+
+
+def _is_multipart(req: Request) -> bool:
+    return req.mimetype == "multipart/form-data"
+
+
+def _json_object() -> dict[str, Any]:
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise ValidationFailedError("The JSON body must be an object.")
+    return body
+
+
+def _form_gazelle(raw: str | None) -> Any:
+    """The optional `gazelle` form field: JSON text of the response object."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise torrents.InvalidGazelleError(f"The gazelle field is not JSON: {exc}") from None
+
+
+def _upload_from_request() -> torrents.Upload:
+    """Parse either form of upload: multipart (.torrent file) or JSON (Gazelle data)."""
+    if _is_multipart(request):
+        file = request.files.get("torrent")
+        gazelle_raw = _form_gazelle(request.form.get("gazelle"))
+        if file is None and gazelle_raw is None:
+            raise MissingFieldError(
+                "Send the .torrent as the file field 'torrent'.", field="torrent"
+            )
+        data = file.read(torrents.MAX_TORRENT_FILE_BYTES + 1) if file is not None else None
+        parsed = torrents.parse_torrent_file(data) if data is not None else None
+        site, torrent_id = request.form.get("site"), request.form.get("torrentId")
+    else:
+        body = _json_object()
+        gazelle_raw = body.get("gazelle")
+        if gazelle_raw is None:
+            raise MissingFieldError("The JSON body needs 'gazelle' (and 'site').", field="gazelle")
+        parsed, site, torrent_id = None, body.get("site"), body.get("torrentId")
+        if site is None:
+            raise MissingFieldError("The JSON body needs 'site'.", field="site")
+    gazelle = torrents.parse_gazelle(gazelle_raw) if gazelle_raw is not None else None
+    return torrents.make_upload(site, torrent_id, parsed, gazelle)
+
+
+@bp.post("/api/torrents")
+@requires(WORKER)
+def upload_torrent() -> tuple[Response, int]:
+    """Register what a worker learned about a torrent. Who: a worker token (or an admin).
+
+    JSON {"site", "gazelle": <action=torrent response>} or multipart with the
+    file field `torrent`, `site`, `torrentId` (optional `gazelle` JSON text).
+    201 when the torrent is new, else 200 ("updated" or "unchanged").
+    """
+    upload = _upload_from_request()
+    ctx = context()
+    report = torrents.register_upload(ctx.db, upload, actor=_actor(), now=ctx.clock())
+    return jsonify(report), 201 if report["status"] == "registered" else 200
+
+
+def _search_limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_SEARCH_LIMIT
+    value = whole_number(raw.strip())
+    if value is None or not 1 <= value <= MAX_SEARCH_LIMIT:
+        raise torrents.InvalidQueryError(
+            f"limit must be a whole number from 1 to {MAX_SEARCH_LIMIT}.", field="limit"
+        )
+    return value
+
+
+@bp.get("/api/torrents")
+@requires(WORKER)
+def search_torrents() -> Response:
+    """Search titles: every word of `q` (group, artists, year, directory). Who: worker/admin."""
+    query = request.args.get("q", "")
+    if not query.strip():
+        raise torrents.InvalidQueryError("Give the words to search for as q.", field="q")
+    limit = _search_limit(request.args.get("limit"))
+    found = torrents.search_torrents(context().db, query, limit=limit)
+    return jsonify(
+        {
+            "query": query,
+            "count": len(found),
+            "torrents": [torrents.public_torrent(d) for d in found],
+        }
+    )
+
+
+@bp.get("/api/torrents/<info_hash>")
+@requires(WORKER)
+def reseed_lookup(info_hash: str) -> Response:
+    """Where a torrent's files live and whether they were verified. Who: worker/admin."""
+    doc = torrents.get_torrent(context().db, torrents.check_info_hash(info_hash))
+    return jsonify(torrents.reseed_view(doc))
+
+
+def _site_ref(site: str, torrent_id: str) -> TorrentRef:
+    return TorrentRef(torrents.parse_site(site), torrents.parse_torrent_id(torrent_id))
+
+
+@bp.get("/api/torrents/by-site/<site>/<torrent_id>")
+@requires(WORKER)
+def reseed_lookup_by_site(site: str, torrent_id: str) -> Response:
+    """The reseed lookup by a site's host and torrent id. Who: worker/admin."""
+    ref = _site_ref(site, torrent_id)
+    doc = torrents.find_by_site(context().db, ref)
+    if doc is None:
+        raise torrents.TorrentNotFoundError(
+            f"No torrent is registered for {ref.host} torrent {ref.torrent_id}.",
+            site=ref.host,
+            torrentId=ref.torrent_id,
+        )
+    return jsonify(torrents.reseed_view(doc))
+
+
+@bp.get("/api/torrents/<info_hash>/file")
+@requires(WORKER)
+def torrent_file(info_hash: str) -> Response:
+    """The stored .torrent (its info dictionary only; no announce URLs). Who: worker/admin."""
+    checked = torrents.check_info_hash(info_hash)
+    data = torrents.read_torrent_file(context().db, checked)
+    response = Response(data, mimetype="application/x-bittorrent")
+    response.headers["Content-Disposition"] = f'attachment; filename="{checked}.torrent"'
+    return response
+
+
+def _reason() -> str | None:
+    """The optional reason ("trumped", "deleted", …) from a JSON body or a form field."""
+    if not request.get_data(cache=True).strip():
+        return None
+    fields = request.form if request.mimetype.endswith("form-urlencoded") else _json_object()
+    raw = fields.get("reason")
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > MAX_REASON_CHARS:
+        raise InvalidReasonError(f"reason must be text of at most {MAX_REASON_CHARS} characters.")
+    return raw.strip() or None
+
+
+@bp.post("/api/torrents/<info_hash>/unavailable")
+@requires(WORKER)
+def mark_unavailable(info_hash: str) -> Response:
+    """Mark a torrent trumped or deleted; its download tasks are cancelled. Who: worker/admin."""
+    checked = torrents.check_info_hash(info_hash)
+    reason = _reason()
+    ctx = context()
+    report = torrents.mark_unavailable(ctx.db, checked, reason, actor=_actor(), now=ctx.clock())
+    return jsonify(report)
+
+
+@bp.post("/api/torrents/by-site/<site>/<torrent_id>/unavailable")
+@requires(WORKER)
+def mark_unavailable_by_site(site: str, torrent_id: str) -> Response:
+    """As above, by site and torrent id (a task without a registered torrent too)."""
+    ref = _site_ref(site, torrent_id)
+    reason = _reason()
+    ctx = context()
+    report = torrents.mark_site_torrent_unavailable(
+        ctx.db, ref, reason, actor=_actor(), now=ctx.clock()
+    )
+    return jsonify(report)
+
+
+@bp.post("/api/ingest")
+@requires(WORKER)
+def ingest_listing() -> Response:
+    """Match one directory's (or loose file's) listing; record matches. Who: worker/admin.
+
+    JSON {"path", "kind": "directory"|"file", "files": [{"path", "size"}],
+    "verified": {<info hash>: {"status", "piece"?, …}}, "dry_run": false}.
+    """
+    listing = ingest.parse_listing(json_body(request))
+    ctx = context()
+    report = ingest.ingest_listing(ctx.db, listing, actor=_actor(), now=ctx.clock())
+    return jsonify(report)

@@ -1,0 +1,62 @@
+"""`python -m bench [import|lease|stats|match|verify ...] [--quick]`: run benchmarks, print ratios.
+
+Exit status 1 when a target is missed or a benchmark breaks, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from bench import import_csv, lease, match, stats, verify
+from bench.harness import quick_from_env
+
+BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
+    "import": import_csv.run,
+    "lease": lease.run,
+    "stats": stats.run,
+    "match": match.run,
+    "verify": verify.run,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes for a smoke run (also BENCH_QUICK=1)"
+    )
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(
+            f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}"
+        )
+    quick = args.quick or quick_from_env()
+    outcomes: dict[str, str] = {}
+    started = time.perf_counter()
+    for name in args.names or list(BENCHMARKS):
+        began = time.perf_counter()
+        try:
+            passed = BENCHMARKS[name](quick).get("passed")
+        except Exception:  # one broken benchmark must not hide the others' figures
+            traceback.print_exc()
+            outcomes[name] = "ERROR"
+        else:
+            outcomes[name] = {True: "PASS", False: "FAIL"}.get(passed, "SKIPPED")
+        print(f"{name}: done in {time.perf_counter() - began:.0f} s\n", flush=True)
+    summary = ", ".join(f"{name} {outcome}" for name, outcome in outcomes.items())
+    print(f"bench: {summary} ({time.perf_counter() - started:.0f} s{', quick' if quick else ''})")
+    return 1 if any(o in ("FAIL", "ERROR") for o in outcomes.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
