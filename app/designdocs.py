@@ -98,9 +98,14 @@ def sync_design_docs(db: Database, docs: dict[str, dict[str, Any]] | None = None
 
 
 def warm_views(db: Database, docs: dict[str, dict[str, Any]] | None = None) -> None:
-    """Query one view per design document so its index is built before users ask."""
+    """Query every view once so its index is built before users ask.
+
+    Apache CouchDB builds all views of a design document together, but
+    pouchdb-server keeps one index per view: each must be queried.
+    """
     for doc_id, doc in (docs if docs is not None else build_design_docs()).items():
-        views = doc.get("views") or {}
-        if views:
-            first = sorted(views)[0]
-            db.view(doc_id.removeprefix("_design/"), first, limit=0, reduce=False)
+        for name, view in sorted((doc.get("views") or {}).items()):
+            params: dict[str, Any] = {"limit": 0}
+            if "reduce" in view:
+                params["reduce"] = False
+            db.view(doc_id.removeprefix("_design/"), name, **params)
