@@ -287,6 +287,30 @@ class Database:
                 found[row["key"]] = doc
         return found
 
+    def iter_prefix(self, prefix: str, *, page_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """Yield every document whose id starts with `prefix`, in id order, a page at a time.
+
+        Ids are `<type>:<key>`, so a type's documents (or one aggregate's
+        events, `ev:<aggregate>:`) are one contiguous _all_docs range: no view needed.
+        """
+        startkey, skip = prefix, 0
+        while True:
+            rows = self.server.request(
+                "GET",
+                f"{self.path}/_all_docs",
+                params={
+                    "startkey": startkey,
+                    "endkey": prefix + "\ufff0",
+                    "include_docs": True,
+                    "limit": page_size,
+                    "skip": skip,
+                },
+            ).json()["rows"]
+            yield from (row["doc"] for row in rows if row.get("doc"))
+            if len(rows) < page_size:
+                return
+            startkey, skip = rows[-1]["id"], 1
+
     def view(
         self, ddoc: str, view: str, *, keys: Sequence[Any] | None = None, **params: Any
     ) -> list[dict[str, Any]]:

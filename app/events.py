@@ -270,30 +270,12 @@ def iter_event_streams(db: Database, page_size: int = 2000) -> Iterator[tuple[st
     """
     current: str | None = None
     stream: list[Doc] = []
-    startkey = EVENT_PREFIX
-    skip = 0
-    while True:
-        rows = db.server.request(
-            "GET",
-            f"{db.path}/_all_docs",
-            params={
-                "startkey": startkey,
-                "endkey": f"{EVENT_PREFIX}\ufff0",
-                "include_docs": True,
-                "limit": page_size,
-                "skip": skip,
-            },
-        ).json()["rows"]
-        for row in rows:
-            event = row["doc"]
-            if event["aggregate"] != current:
-                if current is not None:
-                    yield current, stream
-                current, stream = event["aggregate"], []
-            stream.append(event)
-        if len(rows) < page_size:
-            break
-        startkey, skip = rows[-1]["id"], 1
+    for event in db.iter_prefix(EVENT_PREFIX, page_size=page_size):
+        if event["aggregate"] != current:
+            if current is not None:
+                yield current, stream
+            current, stream = event["aggregate"], []
+        stream.append(event)
     if current is not None:
         yield current, stream
 

@@ -160,20 +160,4 @@ def list_workers(db: Database, now: datetime, offline_after_seconds: float) -> l
 
 def _iter_worker_docs(db: Database) -> Iterator[Doc]:
     """Page through the `worker:` id range of _all_docs (no view needed)."""
-    startkey, skip = PREFIX, 0
-    while True:
-        rows = db.server.request(
-            "GET",
-            f"{db.path}/_all_docs",
-            params={
-                "startkey": startkey,
-                "endkey": PREFIX + "\ufff0",
-                "include_docs": True,
-                "limit": _PAGE,
-                "skip": skip,
-            },
-        ).json()["rows"]
-        yield from (row["doc"] for row in rows if row.get("doc"))
-        if len(rows) < _PAGE:
-            return
-        startkey, skip = rows[-1]["id"], 1
+    return db.iter_prefix(PREFIX, page_size=_PAGE)
