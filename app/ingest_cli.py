@@ -305,7 +305,3 @@ def _echo(entry: Entry, outcome: dict[str, Any] | Exception | None, as_json: boo
         kind, record, line = outcome["outcome"], {"report": outcome}, describe(entry, outcome)
     click.echo(json.dumps({"path": str(entry.path), **record}) if as_json else line)
     return kind
-
-
-if __name__ == "__main__":  # `python -m app.ingest_cli scan …` until `distleech ingest` exists
-    ingest()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app import albums, archive, auth, downloads, workers  # noqa: F401  (registers their projectors)
+from app import albums, archive, auth, downloads, torrents, workers  # noqa: F401 (projectors)
 from app.couch import Database
 from app.designdocs import build_design_docs, sync_design_docs, warm_views
 

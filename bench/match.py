@@ -19,16 +19,12 @@ A re-scan (every match known already: reads only) is reported too.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,11 +34,8 @@ import requests
 from bench.harness import (
     FIRST_NAMES,
     LAST_NAMES,
-    ROOT,
     WORDS,
-    _stop_app,
-    _wait_for_app,
-    app_env,
+    distleech_command,
     load_average,
     run_measured,
     say,
@@ -181,74 +174,11 @@ def raw_lookups(url: str, listings: list[tuple[str, list[tuple[str, int]]]]) -> 
     return len(listings) / (time.perf_counter() - started)
 
 
-# ---------------------------------------------------------------- serving
-
-
-def _blueprint_registered() -> bool:
-    """Whether `distleech serve` already serves /api/ingest (app/api registers it)."""
-    from flask import Flask
-
-    from app.api import register_blueprints
-
-    probe = Flask("probe")
-    register_blueprints(probe)
-    return "torrents" in probe.blueprints
-
-
-@contextlib.contextmanager
-def serving_torrents(url: str, work: Path) -> Iterator[str]:
-    """`distleech serve`, or, until app/api registers the torrents blueprint, the same
-    gunicorn set-up with the blueprint added (see `serve_with_blueprint`)."""
-    if _blueprint_registered():
-        with serving(url, DATABASE, work) as base:
-            yield base
-        return
-    from app.bundled import free_port
-
-    port = free_port()
-    log_path = work / f"app-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bench.match", "--serve", str(port)],
-            env=app_env(url, DATABASE, work),
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_app(base, process, log_path)
-        time.sleep(2.0)
-        yield base
-    finally:
-        _stop_app(process)
-
-
-def serve_with_blueprint(port: int) -> None:
-    """Run the app as `distleech serve --workers 2` does, with the torrents blueprint."""
-    from app.api import torrents as torrents_api
-    from app.config import load_settings
-    from app.server import DistleechGunicorn, run_gunicorn
-
-    class WithTorrents(DistleechGunicorn):
-        def load(self) -> Any:
-            application = super().load()
-            if "torrents" not in application.blueprints:
-                application.register_blueprint(torrents_api.bp)
-            return application
-
-    import app.server
-
-    app.server.DistleechGunicorn = WithTorrents  # run_gunicorn's options, this app
-    run_gunicorn(load_settings(), host="127.0.0.1", port=port, workers=2)
-
-
 # ---------------------------------------------------------------- the run
 
 
 def _scan(base: str, token: str, volume: Path, work: Path, label: str) -> Any:
-    cmd = [sys.executable, "-m", "app.ingest_cli", "scan", str(volume), "--server", base]
+    cmd = distleech_command("ingest", "scan", str(volume), "--server", base)
     cmd += ["--jobs", str(JOBS), "--json"]
     env = dict(os.environ, DISTLEECH_TOKEN=token)
     run = run_measured(cmd, env, work / f"scan-{label}.log")
@@ -314,7 +244,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             f"{volume_seconds:.0f} s",
         )
         token = issue_token(db, "bench-scanner", "worker", actor="bench", now=utcnow())
-        with serving_torrents(url, work) as base:
+        with serving(url, DATABASE, work) as base:
             raw = raw_lookups(url, listings)
             first = _scan(base, token, volume, work, "first")
             rescan = _scan(base, token, volume, work, "again")
@@ -368,7 +298,3 @@ def _report(
     }
     write_results(NAME, figures, quick=quick)
     return figures
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
-    serve_with_blueprint(int(sys.argv[2]))
