@@ -180,9 +180,11 @@ class QueueLeaser:
             if taken:
                 return taken
             fresh = self._needs_fresh_read(queue)
-            buffer = self._refill(queue, wanted, now, fresh=fresh)
-            if fresh and not buffer:
+            buffer, rows_read = self._refill(queue, wanted, now, fresh=fresh)
+            if fresh and not rows_read:
                 return []  # a current index has nothing ready: the queue is empty
+            # Rows whose documents moved on between the index read and the document
+            # fetch (another process leased them) are no proof of an empty queue: read on.
         return []
 
     def _needs_fresh_read(self, queue: str) -> bool:
@@ -191,7 +193,7 @@ class QueueLeaser:
 
     def _refill(
         self, queue: str, wanted: int, now: datetime, *, fresh: bool
-    ) -> collections.deque[Doc]:
+    ) -> tuple[collections.deque[Doc], int]:
         """Read the next window of candidates into the buffer, own slot first.
 
         A fresh read starts at the head of the queue with a current index; a
@@ -219,7 +221,7 @@ class QueueLeaser:
             random.shuffle(docs)
         docs.sort(key=lambda d: (d.get("queue_group", 0), self._slot_of(d["_id"]) != self.slot))
         self._buffers[queue] = buffer = collections.deque(docs)
-        return buffer
+        return buffer, len(rows)
 
     def _slot_of(self, doc_id: str) -> int:
         return zlib.crc32(doc_id.encode("utf-8")) % self.slots

@@ -91,6 +91,8 @@ def test_two_processes_never_lease_the_same_album(make_app, db, clock, monkeypat
     assert apps[0].extensions["distleech"].leaser is not apps[1].extensions["distleech"].leaser
     got = drain(apps, db, clock, threads=8)
     check_each_held_once(db, expected, got)
-    for process in (0, 1):  # both processes really leased (callers n % 2 use app n % 2)
-        assert any(got[f"worker-{n}"] for n in range(process, 8, 2))
+    # Both processes really competed for the queue (callers n % 2 use app n % 2): each
+    # read it. Which one wins how many is up to timing, so that is not asserted.
+    for app in apps:
+        assert app.extensions["distleech"].leaser._fresh_at
     assert rebuild_projections(db, check_only=True).differing == []
