@@ -106,6 +106,68 @@ class InvalidNameError(ApiError):
     status, code = 400, "invalid_name"
 
 
+# Torrent registry and ingest.
+
+
+class InfoHashUnknownError(ApiError):
+    status, code = 400, "info_hash_unknown"
+
+
+class InvalidInfoHashError(ApiError):
+    status, code = 400, "invalid_info_hash"
+
+
+class InvalidTorrentFileError(ApiError):
+    status, code = 400, "invalid_torrent_file"
+
+
+class InvalidGazelleError(ApiError):
+    status, code = 400, "invalid_gazelle"
+
+
+class InvalidSiteError(ApiError):
+    status, code = 400, "invalid_site"
+
+
+class InvalidTorrentIdError(ApiError):
+    status, code = 400, "invalid_torrent_id"
+
+
+class InfoHashMismatchError(ApiError):
+    status, code = 400, "info_hash_mismatch"
+
+
+class TorrentIdMismatchError(ApiError):
+    status, code = 400, "torrent_id_mismatch"
+
+
+class SiteTorrentConflictError(ApiError):
+    status, code = 409, "site_torrent_conflict"
+
+
+class TorrentNotFoundError(ApiError):
+    status, code = 404, "torrent_not_found"
+
+
+class TorrentFileNotFoundError(ApiError):
+    status, code = 404, "torrent_file_not_found"
+
+
+class InvalidQueryError(ApiError):
+    status, code = 400, "invalid_query"
+
+
+class InvalidListingError(ApiError):
+    status, code = 400, "invalid_listing"
+
+
+class CacheMissError(ApiError):
+    """Nothing fresh is cached under that key: fetch it from the site."""
+
+    status: ClassVar[int] = 404
+    code: ClassVar[str] = "cache_miss"
+
+
 class AlreadyExistsError(ApiError):
     status, code = 409, "already_exists"
 

@@ -33,67 +33,24 @@ import torf
 from app import downloads
 from app.couch import Database, DocumentConflictError
 from app.downloads import TorrentRef
-from app.errors import ApiError
+from app.errors import (  # noqa: F401  (re-exported: callers use torrents.<Error>)
+    InfoHashMismatchError,
+    InfoHashUnknownError,
+    InvalidGazelleError,
+    InvalidInfoHashError,
+    InvalidListingError,
+    InvalidQueryError,
+    InvalidSiteError,
+    InvalidTorrentFileError,
+    InvalidTorrentIdError,
+    SiteTorrentConflictError,
+    TorrentFileNotFoundError,
+    TorrentIdMismatchError,
+    TorrentNotFoundError,
+)
 from app.events import Decision, Doc, Outcome, check_none_lost, commit, projector
 from app.ids import MAX_SAFE_INT, normalize_key
 from app.web import whole_number
-
-# ---------------------------------------------------------------- errors
-# New error codes of this issue. They live here until they move to app/errors.py;
-# each code is stable once shipped.
-
-
-class InfoHashUnknownError(ApiError):
-    status, code = 400, "info_hash_unknown"
-
-
-class InvalidInfoHashError(ApiError):
-    status, code = 400, "invalid_info_hash"
-
-
-class InvalidTorrentFileError(ApiError):
-    status, code = 400, "invalid_torrent_file"
-
-
-class InvalidGazelleError(ApiError):
-    status, code = 400, "invalid_gazelle"
-
-
-class InvalidSiteError(ApiError):
-    status, code = 400, "invalid_site"
-
-
-class InvalidTorrentIdError(ApiError):
-    status, code = 400, "invalid_torrent_id"
-
-
-class InfoHashMismatchError(ApiError):
-    status, code = 400, "info_hash_mismatch"
-
-
-class TorrentIdMismatchError(ApiError):
-    status, code = 400, "torrent_id_mismatch"
-
-
-class SiteTorrentConflictError(ApiError):
-    status, code = 409, "site_torrent_conflict"
-
-
-class TorrentNotFoundError(ApiError):
-    status, code = 404, "torrent_not_found"
-
-
-class TorrentFileNotFoundError(ApiError):
-    status, code = 404, "torrent_file_not_found"
-
-
-class InvalidQueryError(ApiError):
-    status, code = 400, "invalid_query"
-
-
-class InvalidListingError(ApiError):
-    status, code = 400, "invalid_listing"
-
 
 # ---------------------------------------------------------------- keys
 

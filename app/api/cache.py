@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from app.auth import WORKER, requires
 from app.couch import Database, DocumentConflictError
 from app.downloads import site_host
-from app.errors import ApiError, ValidationFailedError
+from app.errors import CacheMissError, ValidationFailedError
 from app.ids import normalize_key
 from app.timeutil import iso, parse_iso
 from app.web import context, json_body
@@ -43,13 +43,6 @@ DEFAULT_TTL_SECONDS = 7 * 24 * 3600
 MAX_TTL_SECONDS = 30 * 24 * 3600
 MAX_KEY_CHARS = 500
 _KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-
-
-class CacheMissError(ApiError):
-    """Nothing fresh is cached under that key: fetch it from the site."""
-
-    status: ClassVar[int] = 404
-    code: ClassVar[str] = "cache_miss"
 
 
 def cache_doc_id(host: str, kind: str, key: str) -> str:
