@@ -74,9 +74,11 @@ def _add_subgroups() -> None:
     """Attach the command groups that live beside the code they drive."""
     from app.ingest_cli import ingest
     from app.refworkers.cli import worker
+    from app.tracker.cli import tracker
 
     main.add_command(ingest)
     main.add_command(worker)
+    main.add_command(tracker)
 
 
 @main.command()

@@ -161,6 +161,59 @@ class InvalidListingError(ApiError):
     status, code = 400, "invalid_listing"
 
 
+# The private tracker's directory: tracked torrents, tracker users, the client whitelist.
+
+
+class InvalidPasskeyError(ApiError):
+    status, code = 400, "invalid_passkey"
+
+
+class InvalidUserIdError(ApiError):
+    status, code = 400, "invalid_user_id"
+
+
+class InvalidPrefixError(ApiError):
+    status, code = 400, "invalid_prefix"
+
+
+class TorrentAlreadyTrackedError(ApiError):
+    status, code = 409, "torrent_already_tracked"
+
+
+class TorrentIdTakenError(ApiError):
+    status, code = 409, "torrent_id_taken"
+
+
+class TorrentNotTrackedError(ApiError):
+    status, code = 404, "torrent_not_tracked"
+
+
+class TrackerUserExistsError(ApiError):
+    status, code = 409, "tracker_user_exists"
+
+
+class TrackerUserNotFoundError(ApiError):
+    status, code = 404, "tracker_user_not_found"
+
+
+class PasskeyTakenError(ApiError):
+    status, code = 409, "passkey_taken"
+
+
+class UnknownPasskeyError(ApiError):
+    """The passkey of a download link belongs to no active tracker user."""
+
+    status, code = 403, "unknown_passkey"
+
+
+class WhitelistEntryExistsError(ApiError):
+    status, code = 409, "whitelist_entry_exists"
+
+
+class WhitelistEntryNotFoundError(ApiError):
+    status, code = 404, "whitelist_entry_not_found"
+
+
 class CacheMissError(ApiError):
     """Nothing fresh is cached under that key: fetch it from the site."""
 

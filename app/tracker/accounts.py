@@ -1,0 +1,638 @@
+"""The tracker's directory: tracked torrents, tracker users and the client whitelist.
+
+Ordinary event-sourced state in the main database (so it replicates and
+rebuilds like everything else), managed through the Mika-style API and the
+`distleech tracker` CLI, and read by the tracker process:
+
+- `tracked:<info hash>`: `registered` {torrent_id, name, source: "api"|"registry"},
+  `unregistered` {}, `snatched` {users: [user_id, …]}.
+- `trackeruser:<user_id>`: `registered` {passkey_sha256, can_leech, name},
+  `updated` {changed fields}, `deleted` {}, `transferred` {uploaded, downloaded,
+  snatched: [info_hash, …]}.
+- `whitelist:<prefix>`: `added` {client}, `removed` {}.
+
+Passkeys are stored only as their SHA-256 (like tokens: they are random, so a
+fast hash is enough); the plaintext is shown once, when it is created. The
+tracker process loads the projections (`iter_directory_docs`) and then follows
+`_changes?filter=tracker/directory&include_docs=true`, which passes exactly
+these projection documents; it reports traffic and snatches back through
+`record_activity`, once per flush.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from app.couch import Database
+from app.errors import (
+    InvalidInfoHashError,
+    InvalidPasskeyError,
+    InvalidPrefixError,
+    InvalidTorrentIdError,
+    InvalidUserIdError,
+    PasskeyTakenError,
+    TorrentAlreadyTrackedError,
+    TorrentIdTakenError,
+    TorrentNotTrackedError,
+    TrackerUserExistsError,
+    TrackerUserNotFoundError,
+    ValidationFailedError,
+    WhitelistEntryExistsError,
+    WhitelistEntryNotFoundError,
+)
+from app.events import ConcurrencyError, Decision, Doc, Outcome, check_none_lost, commit, projector
+from app.ids import MAX_SAFE_INT
+
+TRACKED, TRACKER_USER, WHITELIST = "tracked", "trackeruser", "whitelist"
+SOURCE_API, SOURCE_REGISTRY = "api", "registry"
+TRACKER_ACTOR = "tracker"  # the actor of the events the tracker process records
+DIRECTORY_FILTER = "tracker/directory"
+MAX_NAME_CHARS = 1000
+MAX_PREFIX_CHARS = 20  # a peer_id is 20 bytes
+PASSKEY_HELP = "16 to 64 letters and digits"
+_HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")
+_PASSKEY = re.compile(r"^[A-Za-z0-9]{16,64}$")
+# Printable ASCII without space, '/' (it separates URL path parts) and '\'.
+_PREFIX = re.compile(rf"^[!-.0-\[\]-~]{{1,{MAX_PREFIX_CHARS}}}$")
+# A lost race is repaired and decided again by commit; activity is a fact the
+# tracker already answered for, so it gets more attempts than an admin's request.
+ACTIVITY_RETRIES = 10
+
+# ---------------------------------------------------------------- ids and checks
+
+
+def tracked_doc_id(info_hash: str) -> str:
+    return f"{TRACKED}:{info_hash}"
+
+
+def tracker_user_doc_id(user_id: int) -> str:
+    return f"{TRACKER_USER}:{user_id}"
+
+
+def whitelist_doc_id(prefix: str) -> str:
+    return f"{WHITELIST}:{prefix}"
+
+
+def hash_passkey(passkey: str) -> str:
+    """The stored form of a passkey (SHA-256 hex); the tracker hashes what clients send."""
+    return hashlib.sha256(passkey.encode("utf-8")).hexdigest()
+
+
+def generate_passkey() -> str:
+    """A new random passkey: 32 hex digits (128 bits), the usual private-tracker length."""
+    return secrets.token_hex(16)
+
+
+def registry_torrent_id(info_hash: str) -> int:
+    """The torrent id of a torrent registered from distleech's registry, stable everywhere.
+
+    52 bits of the info hash: below JavaScript's 2**53, and the same on every
+    site, so replicating sites agree without asking each other.
+    """
+    return int(info_hash[:13], 16)
+
+
+def check_info_hash(raw: Any) -> str:
+    """40 hex digits, returned lower-case; raise InvalidInfoHashError otherwise.
+
+    The same rule as app.torrents.check_info_hash, kept here so that
+    app.torrents can import this module without a cycle.
+    """
+    if not isinstance(raw, str) or not _HEX40.match(raw.strip()):
+        raise InvalidInfoHashError(
+            f"An info hash is 40 hexadecimal digits, got {str(raw)[:60]!r}.", info_hash=raw
+        )
+    return raw.strip().lower()
+
+
+def check_passkey(raw: Any) -> str:
+    if not isinstance(raw, str) or not _PASSKEY.match(raw):
+        raise InvalidPasskeyError(f"A passkey is {PASSKEY_HELP}.", field="passkey")
+    return raw
+
+
+def check_user_id(raw: Any) -> int:
+    """A tracker user id: a whole number from 0 (the site's primary key), as int or digits."""
+    value = raw
+    if isinstance(raw, str):
+        value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 16 else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SAFE_INT:
+        raise InvalidUserIdError(
+            f"A user id is a whole number from 0 to {MAX_SAFE_INT}.", user_id=str(raw)[:60]
+        )
+    return value
+
+
+def check_torrent_id(raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_SAFE_INT:
+        raise InvalidTorrentIdError(
+            f"torrent_id is a whole number from 0 to {MAX_SAFE_INT}.", field="torrent_id"
+        )
+    return raw
+
+
+def check_prefix(raw: Any) -> str:
+    if not isinstance(raw, str) or not _PREFIX.match(raw):
+        raise InvalidPrefixError(
+            f"A client prefix is 1 to {MAX_PREFIX_CHARS} printable ASCII characters "
+            "without spaces, '/' or '\\' (the start of a peer_id, like -qB or -TR).",
+            prefix=str(raw)[:60],
+        )
+    return raw
+
+
+def check_name(raw: Any, field: str = "name") -> str:
+    if not isinstance(raw, str) or len(raw) > MAX_NAME_CHARS:
+        raise ValidationFailedError(
+            f"{field} must be text of at most {MAX_NAME_CHARS} characters.", field=field
+        )
+    return raw.strip()
+
+
+# ---------------------------------------------------------------- projections
+
+
+@projector(TRACKED)
+def apply_tracked_event(state: Doc, event: Doc) -> None:
+    if "info_hash" not in state:
+        state.update(
+            info_hash=event["aggregate"].split(":", 1)[1],
+            torrent_id=None,
+            name=None,
+            source=None,
+            registered=False,
+            snatches=0,
+        )
+    name, data = event["name"], event["data"]
+    if name == "registered":
+        state.update(
+            torrent_id=data["torrent_id"], name=data["name"], source=data["source"], registered=True
+        )
+    elif name == "unregistered":
+        state["registered"] = False
+    elif name == "snatched":
+        state["snatches"] += len(data["users"])
+
+
+@projector(TRACKER_USER)
+def apply_tracker_user_event(state: Doc, event: Doc) -> None:
+    if "user_id" not in state:
+        state.update(
+            user_id=int(event["aggregate"].split(":", 1)[1]),
+            name=None,
+            can_leech=True,
+            passkey_sha256=None,
+            active=False,
+            uploaded=0,
+            downloaded=0,
+            snatches=0,
+        )
+    name, data = event["name"], event["data"]
+    if name == "registered":
+        state.update(data, active=True)
+    elif name == "updated":
+        state.update(data)
+    elif name == "deleted":
+        state["active"] = False  # totals stay: they are history, and a re-registration keeps them
+    elif name == "transferred":
+        state["uploaded"] += data["uploaded"]
+        state["downloaded"] += data["downloaded"]
+        state["snatches"] += len(data["snatched"])
+
+
+@projector(WHITELIST)
+def apply_whitelist_event(state: Doc, event: Doc) -> None:
+    if "prefix" not in state:
+        state.update(prefix=event["aggregate"].split(":", 1)[1], client=None, active=False)
+    if event["name"] == "added":
+        state.update(client=event["data"]["client"], active=True)
+    elif event["name"] == "removed":
+        state["active"] = False
+
+
+# ---------------------------------------------------------------- torrents
+
+
+def check_torrent_id_free(db: Database, torrent_id: int, info_hash: str) -> None:
+    """Refuse a torrent id that another registered torrent holds.
+
+    Checked through a view before the commit: two requests racing with the
+    same id for two info hashes can both pass (the aggregates differ, so no
+    event id collides). The admin API is the only writer of chosen ids, so
+    the window is accepted; registry ids come from the info hash itself.
+    """
+    rows = db.view("tracker", "torrents_by_id", key=torrent_id)
+    others = [row["value"]["info_hash"] for row in rows if row["id"] != tracked_doc_id(info_hash)]
+    if others:
+        raise TorrentIdTakenError(
+            f"torrent_id {torrent_id} is registered for another info hash.",
+            torrent_id=torrent_id,
+            info_hash=others[0],
+        )
+
+
+def register_torrent(
+    db: Database,
+    info_hash: str,
+    torrent_id: int,
+    name: str,
+    *,
+    source: str = SOURCE_API,
+    actor: str,
+    now: datetime,
+) -> Doc:
+    """Let the tracker serve a torrent; return its projection.
+
+    Raises TorrentAlreadyTrackedError when it is registered already (an
+    unregistered one may come back), TorrentIdTakenError for a taken id.
+    """
+    info_hash, torrent_id = check_info_hash(info_hash), check_torrent_id(torrent_id)
+    data = {"torrent_id": torrent_id, "name": check_name(name), "source": source}
+    check_torrent_id_free(db, torrent_id, info_hash)
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        return None if state and state["registered"] else ("registered", data)
+
+    outcome = _commit_one(db, tracked_doc_id(info_hash), decide, actor, now)
+    if not outcome.recorded:
+        raise TorrentAlreadyTrackedError(
+            f"{info_hash} is registered already; DELETE it first to change it.",
+            info_hash=info_hash,
+        )
+    assert outcome.state is not None
+    return outcome.state
+
+
+def unregister_torrent(db: Database, info_hash: str, *, actor: str, now: datetime) -> Doc:
+    """Stop tracking a torrent (announces are refused from then on); raise if not tracked."""
+    info_hash = check_info_hash(info_hash)
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        return ("unregistered", {}) if state and state["registered"] else None
+
+    outcome = _commit_one(db, tracked_doc_id(info_hash), decide, actor, now)
+    if not outcome.recorded:
+        raise _not_tracked(info_hash)
+    assert outcome.state is not None
+    return outcome.state
+
+
+def registry_decision(info_hash: str, name: str) -> tuple[str, Decision]:
+    """The decision that registers a torrent of distleech's own registry with the tracker.
+
+    Only when no `tracked:` aggregate exists: a torrent an admin unregistered
+    stays unregistered, whatever is uploaded later. The id is derived, not
+    checked against the view (one more read per upload); a clash with an id
+    an admin chose is 1 in 2**52 per pair.
+    """
+    data = {
+        "torrent_id": registry_torrent_id(info_hash),
+        "name": name[:MAX_NAME_CHARS],
+        "source": SOURCE_REGISTRY,
+    }
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        return None if state else ("registered", data)
+
+    return tracked_doc_id(info_hash), decide
+
+
+def get_tracked_torrent(db: Database, info_hash: str) -> Doc:
+    """The projection of a registered torrent; raise TorrentNotTrackedError otherwise."""
+    info_hash = check_info_hash(info_hash)
+    doc = db.get_or_none(tracked_doc_id(info_hash))
+    if not doc or not doc.get("registered"):
+        raise _not_tracked(info_hash)
+    return doc
+
+
+def list_tracked_torrents(db: Database) -> list[dict[str, Any]]:
+    """Every registered torrent as {info_hash, torrent_id, snatches}, by torrent id."""
+    return [
+        {"info_hash": row["value"]["info_hash"], "torrent_id": row["key"]}
+        | {"snatches": row["value"]["snatches"]}
+        for row in db.iter_view("tracker", "torrents_by_id")
+    ]
+
+
+def public_tracked(doc: Doc) -> dict[str, Any]:
+    return {
+        "info_hash": doc["info_hash"],
+        "torrent_id": doc["torrent_id"],
+        "name": doc["name"],
+        "source": doc["source"],
+        "snatches": doc["snatches"],
+        "registered_at": doc.get("updated_at") if doc.get("version") == 1 else None,
+    }
+
+
+def _not_tracked(info_hash: str) -> TorrentNotTrackedError:
+    return TorrentNotTrackedError(f"The tracker does not track {info_hash}.", info_hash=info_hash)
+
+
+# ---------------------------------------------------------------- users
+
+
+def check_passkey_free(db: Database, passkey_sha256: str, user_id: int) -> None:
+    """Refuse a passkey that another active user holds.
+
+    Checked through a view before the commit, so two requests racing with the
+    same passkey for two users can both pass; with generated passkeys (128
+    random bits) that cannot happen, with chosen ones the site chose twice.
+    """
+    rows = db.view("tracker", "users_by_passkey", key=passkey_sha256)
+    if any(row["value"] != user_id for row in rows):
+        raise PasskeyTakenError("Another user has this passkey.", field="passkey")
+
+
+def register_user(
+    db: Database,
+    user_id: int,
+    *,
+    name: str,
+    can_leech: bool = True,
+    passkey: str | None = None,
+    actor: str,
+    now: datetime,
+) -> tuple[Doc, str]:
+    """Add a tracker user; return (projection, passkey). Without a passkey one is generated.
+
+    The passkey is returned so that it can be shown once: only its hash is
+    stored. A deleted user may be registered again (their totals stay).
+    Raises TrackerUserExistsError, PasskeyTakenError, InvalidPasskeyError.
+    """
+    user_id = check_user_id(user_id)
+    passkey = generate_passkey() if passkey is None else check_passkey(passkey)
+    passkey_sha256 = hash_passkey(passkey)
+    data = {
+        "passkey_sha256": passkey_sha256,
+        "can_leech": bool(can_leech),
+        "name": check_name(name),
+    }
+    check_passkey_free(db, passkey_sha256, user_id)
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        return None if state and state["active"] else ("registered", data)
+
+    outcome = _commit_one(db, tracker_user_doc_id(user_id), decide, actor, now)
+    if not outcome.recorded:
+        raise TrackerUserExistsError(f"Tracker user {user_id} exists.", user_id=user_id)
+    assert outcome.state is not None
+    return outcome.state, passkey
+
+
+def update_user(
+    db: Database,
+    user_id: int,
+    *,
+    name: str | None = None,
+    can_leech: bool | None = None,
+    passkey: str | None = None,
+    actor: str,
+    now: datetime,
+) -> Doc:
+    """Change a user's name, leech right or passkey; record only what differs."""
+    user_id = check_user_id(user_id)
+    wanted: dict[str, Any] = {}
+    if name is not None:
+        wanted["name"] = check_name(name)
+    if can_leech is not None:
+        wanted["can_leech"] = bool(can_leech)
+    if passkey is not None:
+        wanted["passkey_sha256"] = hash_passkey(check_passkey(passkey))
+        check_passkey_free(db, wanted["passkey_sha256"], user_id)
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        if not state or not state["active"]:
+            return None
+        changed = {k: v for k, v in wanted.items() if state.get(k) != v}
+        return ("updated", changed) if changed else None
+
+    outcome = _commit_one(db, tracker_user_doc_id(user_id), decide, actor, now)
+    if not outcome.state or not outcome.state.get("active"):
+        raise _no_user(user_id)
+    return outcome.state
+
+
+def delete_user(db: Database, user_id: int, *, actor: str, now: datetime) -> Doc:
+    """Delete a tracker user: their passkey stops working at once; totals are kept."""
+    user_id = check_user_id(user_id)
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        return ("deleted", {}) if state and state["active"] else None
+
+    outcome = _commit_one(db, tracker_user_doc_id(user_id), decide, actor, now)
+    if not outcome.recorded:
+        raise _no_user(user_id)
+    assert outcome.state is not None
+    return outcome.state
+
+
+def get_tracker_user(db: Database, user_id: int) -> Doc:
+    """The projection of an active user; raise TrackerUserNotFoundError otherwise."""
+    user_id = check_user_id(user_id)
+    doc = db.get_or_none(tracker_user_doc_id(user_id))
+    if not doc or not doc.get("active"):
+        raise _no_user(user_id)
+    return doc
+
+
+def find_user_by_passkey(db: Database, passkey: str) -> Doc | None:
+    """The active user holding this passkey, or None (also for a malformed passkey)."""
+    if not isinstance(passkey, str) or not _PASSKEY.match(passkey):
+        return None
+    rows = db.view("tracker", "users_by_passkey", key=hash_passkey(passkey), include_docs=True)
+    docs = [row["doc"] for row in rows if row.get("doc") and row["doc"].get("active")]
+    return docs[0] if docs else None
+
+
+def list_snatched(db: Database, user_id: int) -> list[dict[str, Any]]:
+    """The torrents a user completed, [{info_hash, at}] (the latest time of each), by hash."""
+    rows = db.view("tracker", "snatches_by_user", startkey=[user_id], endkey=[user_id, {}])
+    latest: dict[str, str] = {}
+    for row in rows:
+        latest[row["key"][1]] = max(latest.get(row["key"][1], ""), row["value"])
+    return [{"info_hash": ih, "at": at} for ih, at in sorted(latest.items())]
+
+
+def public_user(doc: Doc) -> dict[str, Any]:
+    """A tracker user as the API shows them: never the passkey, not even its hash."""
+    return {
+        "user_id": doc["user_id"],
+        "name": doc["name"],
+        "can_leech": doc["can_leech"],
+        "uploaded": doc["uploaded"],
+        "downloaded": doc["downloaded"],
+        "snatches": doc["snatches"],
+    }
+
+
+def _no_user(user_id: int) -> TrackerUserNotFoundError:
+    return TrackerUserNotFoundError(f"No tracker user {user_id}.", user_id=user_id)
+
+
+# ---------------------------------------------------------------- whitelist
+
+
+def add_whitelist_entry(
+    db: Database, prefix: str, client: str, *, actor: str, now: datetime
+) -> Doc:
+    """Allow clients whose peer_id starts with prefix; raise WhitelistEntryExistsError if listed."""
+    prefix, data = check_prefix(prefix), {"client": check_name(client, "client")}
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        return None if state and state["active"] else ("added", data)
+
+    outcome = _commit_one(db, whitelist_doc_id(prefix), decide, actor, now)
+    if not outcome.recorded:
+        raise WhitelistEntryExistsError(f"{prefix!r} is on the whitelist.", prefix=prefix)
+    assert outcome.state is not None
+    return outcome.state
+
+
+def remove_whitelist_entry(db: Database, prefix: str, *, actor: str, now: datetime) -> Doc:
+    prefix = check_prefix(prefix)
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        return ("removed", {}) if state and state["active"] else None
+
+    outcome = _commit_one(db, whitelist_doc_id(prefix), decide, actor, now)
+    if not outcome.recorded:
+        raise WhitelistEntryNotFoundError(f"{prefix!r} is not on the whitelist.", prefix=prefix)
+    assert outcome.state is not None
+    return outcome.state
+
+
+def list_whitelist(db: Database) -> list[dict[str, Any]]:
+    """The active whitelist as [{prefix, client}], by prefix (empty: every client may announce)."""
+    return [
+        {"prefix": doc["prefix"], "client": doc["client"]}
+        for doc in db.iter_prefix(f"{WHITELIST}:")
+        if doc.get("type") == WHITELIST and doc.get("active")
+    ]
+
+
+# ---------------------------------------------------------------- the tracker's side
+
+
+def iter_directory_docs(db: Database) -> Iterator[Doc]:
+    """Every projection the tracker loads at start: tracked, trackeruser and whitelist docs.
+
+    Inactive ones (unregistered, deleted, removed) come too, so that a
+    follower of the directory filter handles both the same way; after this
+    walk, follow `_changes?filter=tracker/directory&include_docs=true` from the
+    `update_seq` read before it, so that nothing changed during the walk is missed.
+    """
+    for doc_type in (TRACKED, TRACKER_USER, WHITELIST):
+        for doc in db.iter_prefix(f"{doc_type}:"):
+            if doc.get("type") == doc_type:
+                yield doc
+
+
+def record_activity(
+    db: Database,
+    transfers: Mapping[int, tuple[int, int]],
+    snatches: Sequence[tuple[str, int]],
+    *,
+    now: datetime,
+) -> None:
+    """Record one flush of the tracker: traffic per user, snatches per torrent; one commit.
+
+    transfers = {user_id: (uploaded_delta, downloaded_delta)} and snatches =
+    [(info_hash, user_id)], one entry per left>0 -> left=0 transition. Each
+    active user with traffic or a snatch gets one `transferred` event, and each
+    registered torrent with snatches one `snatched` event. Unknown, deleted or
+    unregistered ones record nothing, and a snatch is kept only when both its
+    user and its torrent are known (read before the commit, so an admin's
+    delete racing this flush may leave one side recorded). Negative deltas
+    (a client that restarted its counters) count as 0.
+
+    Lost races are repaired and decided again (ACTIVITY_RETRIES times); if some
+    aggregate still loses, ActivityNotRecordedError carries exactly the events
+    still pending: everything else was recorded, so call its `retry`, never
+    record_activity again with the same facts.
+    """
+    user_ids = {uid for uid in transfers} | {uid for _, uid in snatches}
+    hashes = {ih for ih, _ in snatches}
+    ids = [tracker_user_doc_id(u) for u in user_ids] + [tracked_doc_id(ih) for ih in hashes]
+    states = db.get_many(ids)
+    users = {u for u in user_ids if (states.get(tracker_user_doc_id(u)) or {}).get("active")}
+    torrents = {ih for ih in hashes if (states.get(tracked_doc_id(ih)) or {}).get("registered")}
+    kept = [(ih, uid) for ih, uid in snatches if uid in users and ih in torrents]
+    decisions = _activity_decisions(transfers, kept, users)
+    if decisions:
+        _commit_activity(db, decisions, now, states)
+
+
+class ActivityNotRecordedError(ConcurrencyError):
+    """Some aggregates kept losing their races; `pending` are their undecided events."""
+
+    def __init__(self, pending: list[tuple[str, Decision]]) -> None:
+        super().__init__(
+            "activity not recorded yet for " + ", ".join(agg for agg, _ in pending[:10])
+        )
+        self.pending = pending
+
+    def retry(self, db: Database, *, now: datetime) -> None:
+        """Try the pending events again; raises a new ActivityNotRecordedError if still lost."""
+        _commit_activity(db, self.pending, now, None)
+
+
+def _commit_activity(
+    db: Database,
+    decisions: list[tuple[str, Decision]],
+    now: datetime,
+    states: dict[str, Doc] | None,
+) -> None:
+    outcomes = commit(
+        db, decisions, actor=TRACKER_ACTOR, now=now, states=states, retry_lost=ACTIVITY_RETRIES
+    )
+    lost = {o.aggregate for o in outcomes if o.lost_race}
+    if lost:
+        raise ActivityNotRecordedError([(agg, d) for agg, d in decisions if agg in lost])
+
+
+def _activity_decisions(
+    transfers: Mapping[int, tuple[int, int]], kept: list[tuple[str, int]], users: set[int]
+) -> list[tuple[str, Decision]]:
+    snatched_by_user: dict[int, list[str]] = {}
+    users_by_torrent: dict[str, list[int]] = {}
+    for ih, uid in kept:
+        snatched_by_user.setdefault(uid, []).append(ih)
+        users_by_torrent.setdefault(ih, []).append(uid)
+    decisions: list[tuple[str, Decision]] = []
+    for uid in sorted(users):
+        up, down = (max(0, int(v)) for v in transfers.get(uid, (0, 0)))
+        snatched = snatched_by_user.get(uid, [])
+        if up or down or snatched:
+            data = {"uploaded": up, "downloaded": down, "snatched": snatched}
+            decisions.append((tracker_user_doc_id(uid), _if_state("active", "transferred", data)))
+    for ih, uids in sorted(users_by_torrent.items()):
+        data = {"users": uids}
+        decisions.append((tracked_doc_id(ih), _if_state("registered", "snatched", data)))
+    return decisions
+
+
+def _if_state(flag: str, name: str, data: dict[str, Any]) -> Decision:
+    """Record (name, data) while the aggregate's `flag` holds (decided again after a lost race)."""
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        return (name, data) if state and state.get(flag) else None
+
+    return decide
+
+
+# ---------------------------------------------------------------- commit
+
+
+def _commit_one(
+    db: Database, aggregate: str, decide: Decision, actor: str, now: datetime
+) -> Outcome:
+    [outcome] = commit(db, [(aggregate, decide)], actor=actor, now=now)
+    check_none_lost([outcome])
+    return outcome
