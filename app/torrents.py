@@ -50,6 +50,7 @@ from app.errors import (  # noqa: F401  (re-exported: callers use torrents.<Erro
 )
 from app.events import Decision, Doc, Outcome, check_none_lost, commit, projector
 from app.ids import MAX_SAFE_INT, normalize_key
+from app.tracker import accounts as tracker_accounts
 from app.web import whole_number
 
 # ---------------------------------------------------------------- keys
@@ -635,9 +636,15 @@ def register_upload(db: Database, upload: Upload, *, actor: str, now: datetime) 
     decisions: list[tuple[str, Decision]] = [(doc_id, merge_decision(upload))]
     if task_id is not None:
         decisions.append((task_id, task_decision(info_hash, unavailable)))
+    decisions.append(tracker_accounts.registry_decision(info_hash, _upload_name(upload)))
     outcomes = commit(db, decisions, actor=actor, now=now, states=states)
     check_none_lost(outcomes)
-    return _upload_report(upload, outcomes, stored)
+    return _upload_report(upload, outcomes[:-1], stored)
+
+
+def _upload_name(upload: Upload) -> str:
+    source = upload.torrent or upload.gazelle
+    return source.name if source is not None else upload.info_hash
 
 
 def _upload_report(upload: Upload, outcomes: list[Outcome], stored: bool) -> dict[str, Any]:
@@ -691,6 +698,7 @@ def _register_batch(db: Database, uploads: list[Upload], actor: str, now: dateti
     decisions: list[tuple[str, Decision]] = []
     for upload in uploads:
         decisions.append((torrent_doc_id(upload.info_hash), merge_decision(upload)))
+        decisions.append(tracker_accounts.registry_decision(upload.info_hash, _upload_name(upload)))
         if upload.ref is not None:
             task_id = downloads.task_doc_id(upload.ref.host, upload.ref.torrent_id)
             decisions.append((task_id, downloads.link_decision(upload.info_hash)))

@@ -1,21 +1,10 @@
-"""Helpers for the tracker tests: the peers database of an app, and swarm documents
-written in the tracker's own storage format (see app/tracker/peersdb.py)."""
+"""Helpers for the tracker tests: swarm documents written in the tracker's own storage
+format (see app/tracker/peersdb.py)."""
 
 from __future__ import annotations
 
-import pytest
-
 from app.timeutil import iso
 from app.tracker import peersdb
-
-
-@pytest.fixture
-def peers_db(app):
-    """The app's peers database (created by create_app); dropped after the test."""
-    database = app.extensions["distleech"].peers_db
-    yield database
-    if database.server.database_exists(database.name):
-        database.server.delete_database(database.name)
 
 
 def make_swarm(peers_db, info_hash, peers, *, now):

@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.api import admin, archive, cache, metadata, stats, torrents
+    from app.api import admin, archive, cache, metadata, stats, torrents, tracker
 
-    for module in (metadata, archive, stats, admin, torrents, cache):
+    for module in (metadata, archive, stats, admin, torrents, cache, tracker):
         app.register_blueprint(module.bp)
