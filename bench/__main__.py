@@ -1,5 +1,6 @@
-"""`python -m bench [import|lease|stats|match|verify ...] [--quick]`: run benchmarks, print ratios.
+"""`python -m bench [import|lease|stats|match|verify|tracker ...] [--quick]`: run benchmarks.
 
+Each prints its figures as ratios against a baseline measured in the same run.
 Exit status 1 when a target is missed or a benchmark breaks, else 0.
 """
 
@@ -11,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import import_csv, lease, match, stats, verify
+from bench import import_csv, lease, match, stats, tracker, verify
 from bench.harness import quick_from_env
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -20,6 +21,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "stats": stats.run,
     "match": match.run,
     "verify": verify.run,
+    "tracker": tracker.run,
 }
 
 
