@@ -29,6 +29,7 @@ class Context:
     leaser: QueueLeaser
     auth: Authenticator
     clock: Clock
+    peers_db: Database  # the tracker's ephemeral swarm database (app.tracker.peersdb)
 
 
 def couch_url(settings: Settings) -> str:
@@ -70,7 +71,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Clock = u
         cache_seconds=settings.auth.credential_cache_seconds,
         anonymous_workers=settings.auth.anonymous_workers,
     )
-    app.extensions["distleech"] = Context(settings, db, leaser, auth, clock)
+    from app.tracker.peersdb import init_peers_database, open_peers_database
+
+    peers_db = open_peers_database(db, settings)
+    init_peers_database(peers_db)
+    app.extensions["distleech"] = Context(settings, db, leaser, auth, clock, peers_db)
     register_error_handlers(app)
     register_blueprints(app)
     return app

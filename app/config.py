@@ -80,6 +80,19 @@ class WorkerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrackerSettings:
+    host: str = "127.0.0.1"
+    port: int = 6969  # the usual BitTorrent tracker port
+    public_url: str = ""  # announce base put into .torrent downloads; empty: http://host:port
+    interval_seconds: int = 1800
+    min_interval_seconds: int = 900
+    numwant_default: int = 50
+    numwant_max: int = 200
+    flush_seconds: float = 1.0  # write-behind: how late the peers database may be
+    peers_database: str = ""  # empty: "<couchdb.database>_peers"; never replicated
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     couchdb: CouchSettings = dataclasses.field(default_factory=CouchSettings)
     server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
@@ -87,6 +100,7 @@ class Settings:
     scheduler: SchedulerSettings = dataclasses.field(default_factory=SchedulerSettings)
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
     workers: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
+    tracker: TrackerSettings = dataclasses.field(default_factory=TrackerSettings)
 
 
 def _schema_for(cls: type) -> dict[str, Any]:
@@ -111,6 +125,10 @@ def _schema_for(cls: type) -> dict[str, Any]:
 SCHEMA = _schema_for(Settings)
 SCHEMA["properties"]["server"]["properties"]["port"]["maximum"] = 65535
 SCHEMA["properties"]["couchdb"]["properties"]["database"]["pattern"] = "^[a-z][a-z0-9_$()+/-]*$"
+SCHEMA["properties"]["tracker"]["properties"]["port"]["maximum"] = 65535
+SCHEMA["properties"]["tracker"]["properties"]["peers_database"]["pattern"] = (
+    "^$|^[a-z][a-z0-9_$()+/-]*$"
+)
 SCHEMA["properties"]["leases"]["properties"]["max_rows"].update(minimum=1, maximum=1000)
 
 

@@ -6,6 +6,8 @@ File path = key path (the couchapp mapping):
   designdocs/<ddoc>/filters/<name>.js        a nested function, e.g. filters.<name>
   views/<ddoc>/<view>/map.js, reduce.js      views.<view>.map / .reduce
 A reduce.js may hold just `_count`, `_sum` or `_stats` (built-ins run in Erlang).
+A base document may say `"database": "peers"`: it then belongs to the tracker's
+peers database instead of the main one (the key itself is not stored).
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ def _read_code(path: Path) -> str:
 
 
 def build_design_docs(
-    designdocs_dir: Path = DESIGNDOCS_DIR, views_dir: Path = VIEWS_DIR
+    designdocs_dir: Path = DESIGNDOCS_DIR, views_dir: Path = VIEWS_DIR, *, database: str = "main"
 ) -> dict[str, dict[str, Any]]:
-    """Assemble every design document from files; keyed by _id."""
+    """Assemble the design documents of one database ("main" or "peers"); keyed by _id."""
     names = {p.stem for p in designdocs_dir.glob("*.json")}
     names |= {p.name for p in designdocs_dir.iterdir() if p.is_dir()}
     names |= {p.name for p in views_dir.iterdir() if p.is_dir()}
@@ -55,6 +57,8 @@ def build_design_docs(
     for name in sorted(names):
         base = designdocs_dir / f"{name}.json"
         doc: dict[str, Any] = json.loads(base.read_text(encoding="utf-8")) if base.exists() else {}
+        if doc.pop("database", "main") != database:
+            continue
         doc["_id"] = f"_design/{name}"
         doc.setdefault("language", "javascript")
         code_dir = designdocs_dir / name

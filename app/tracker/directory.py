@@ -1,0 +1,139 @@
+"""Who may announce what: users, torrents and the whitelist, in the tracker's memory.
+
+The management API (web app) records them as events in the main database; the
+tracker loads their projections at start and then follows `_changes` (filter
+`tracker/directory`), so an announce never reads CouchDB. A registration made
+through the API reaches the tracker as soon as the change feed delivers it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+from typing import Any
+
+from app.couch import CouchError, Database
+
+log = logging.getLogger(__name__)
+
+Doc = dict[str, Any]
+PREFIXES = ("tracked:", "trackeruser:", "whitelist:")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Member:
+    user_id: int
+    can_leech: bool
+
+
+@dataclasses.dataclass(slots=True)
+class Tracked:
+    """A registered torrent; `snatches` counts up in memory between projection updates."""
+
+    torrent_id: int | None
+    snatches: int
+
+
+class Directory:
+    """Lookups the hot path makes; replaced entry by entry as projections change."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, Member] = {}  # sha256 hex of passkey -> member
+        self._seen: dict[bytes, Member] = {}  # passkey -> member, so announces skip the hash
+        self._passkey_of: dict[int, str] = {}  # user_id -> sha256 hex, to drop old passkeys
+        self.torrents: dict[bytes, Tracked] = {}  # raw info hash -> registration
+        self._whitelist: dict[str, bytes] = {}  # prefix -> prefix bytes
+        self.whitelist: tuple[bytes, ...] = ()
+        self.seq: Any = 0
+
+    def member(self, passkey: bytes) -> Member | None:
+        found = self._seen.get(passkey)
+        if found is None:
+            found = self.members.get(hashlib.sha256(passkey).hexdigest())
+            if found is not None and len(self._seen) < 100_000:
+                self._seen[passkey] = found
+        return found
+
+    def allows_client(self, peer_id: bytes) -> bool:
+        """An empty whitelist allows every client; else the peer id must start with a prefix."""
+        return not self.whitelist or peer_id.startswith(self.whitelist)
+
+    def apply(self, doc: Doc) -> None:
+        """Take one projection document (or its deletion) into account."""
+        doc_id = doc.get("_id", "")
+        if doc_id.startswith("tracked:"):
+            self._apply_torrent(doc)
+        elif doc_id.startswith("trackeruser:"):
+            self._apply_user(doc)
+        elif doc_id.startswith("whitelist:"):
+            self._apply_whitelist(doc)
+
+    def _apply_torrent(self, doc: Doc) -> None:
+        try:
+            info_hash = bytes.fromhex(doc["_id"].split(":", 1)[1])
+        except ValueError:
+            return
+        if doc.get("registered") and not doc.get("_deleted"):
+            # The projection lags our own in-memory count until the write-behind lands;
+            # only this tracker records snatches, so the larger count is the right one.
+            known = self.torrents.get(info_hash)
+            snatches = max(int(doc.get("snatches", 0)), known.snatches if known else 0)
+            self.torrents[info_hash] = Tracked(doc.get("torrent_id"), snatches)
+        else:
+            self.torrents.pop(info_hash, None)
+
+    def _apply_user(self, doc: Doc) -> None:
+        user_id = int(doc.get("user_id", doc["_id"].split(":", 1)[1]))
+        self._seen = {}  # any user change may retire a passkey: forget the shortcuts
+        old = self._passkey_of.pop(user_id, None)
+        if old is not None:
+            self.members.pop(old, None)
+        if doc.get("active") and doc.get("passkey_sha256") and not doc.get("_deleted"):
+            self.members[doc["passkey_sha256"]] = Member(user_id, bool(doc.get("can_leech")))
+            self._passkey_of[user_id] = doc["passkey_sha256"]
+
+    def _apply_whitelist(self, doc: Doc) -> None:
+        prefix = doc["_id"].split(":", 1)[1]
+        if doc.get("active") and not doc.get("_deleted"):
+            self._whitelist[prefix] = prefix.encode("latin-1", "replace")
+        else:
+            self._whitelist.pop(prefix, None)
+        self.whitelist = tuple(self._whitelist.values())
+
+
+def load_directory(db: Database) -> Directory:
+    """Read every registration, noting the change sequence to follow from."""
+    directory = Directory()
+    directory.seq = db.info()["update_seq"]  # before the reads: no change can slip between
+    for prefix in PREFIXES:
+        for doc in db.iter_prefix(prefix):
+            directory.apply(doc)
+    return directory
+
+
+def follow_directory(
+    db: Database, directory: Directory, stop: threading.Event, *, poll_seconds: float = 0.25
+) -> None:
+    """Apply registration changes until `stop` is set (run in a thread).
+
+    A short normal poll rather than a long-poll feed: pouchdb-server ignores
+    the long-poll `timeout`, and a quick poll answers within a quarter second
+    on both servers while costing one small request.
+    """
+    while not stop.is_set():
+        try:
+            feed = db.changes(
+                since=directory.seq, filter="tracker/directory", include_docs="true", limit=1000
+            )
+        except CouchError as error:
+            log.warning("tracker directory: reading changes failed: %s", error)
+            stop.wait(5)
+            continue
+        for row in feed.get("results", []):
+            doc = row.get("doc") or {"_id": row["id"], "_deleted": True}
+            directory.apply(doc)
+        directory.seq = feed.get("last_seq", directory.seq)
+        if len(feed.get("results", [])) < 1000:
+            stop.wait(poll_seconds)

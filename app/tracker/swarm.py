@@ -1,0 +1,291 @@
+"""Swarms in memory: who is in which torrent, what changed since the last flush.
+
+One tracker process owns this state and is its only writer, so announces never
+wait on CouchDB: they update memory, and `drain()` hands what changed to the
+write-behind (app.tracker.writer) about once a second — the swarms to store,
+each user's transfer deltas, and the snatches seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from app.tracker.protocol import compact_address
+
+Doc = dict[str, Any]
+
+
+class Peer:
+    """One client in one swarm, as of its last announce."""
+
+    __slots__ = (
+        "peer_id",
+        "user_id",
+        "ip",
+        "port",
+        "left",
+        "uploaded",
+        "downloaded",
+        "last_seen",
+        "compact",
+        "v6",
+        "slot",
+    )
+
+    def __init__(self, peer_id: bytes, user_id: int, ip: str, port: int) -> None:
+        self.peer_id, self.user_id = peer_id, user_id
+        self.ip, self.port = ip, port
+        self.left = self.uploaded = self.downloaded = 0
+        self.last_seen = 0.0
+        self.compact, self.v6 = compact_address(ip, port)
+        self.slot = 0  # index in its swarm's seeds or leeches list
+
+    def move_to(self, ip: str, port: int) -> None:
+        if (ip, port) != (self.ip, self.port):
+            self.ip, self.port = ip, port
+            self.compact, self.v6 = compact_address(ip, port)
+
+    def as_doc(self) -> Doc:
+        return {
+            "user_id": self.user_id,
+            "ip": self.ip,
+            "port": self.port,
+            "left": self.left,
+            "uploaded": self.uploaded,
+            "downloaded": self.downloaded,
+            "last_seen": self.last_seen,
+            "client": client_name(self.peer_id),
+        }
+
+
+def client_name(peer_id: bytes) -> str:
+    """The printable head of a peer id (`-LT2110-`, `A2-1-36-0-`), for people reading lists."""
+    head = peer_id[:10]
+    end = next((i for i, byte in enumerate(head) if not 0x21 <= byte <= 0x7E), len(head))
+    return head[:end].decode("ascii")
+
+
+class Swarm:
+    """The peers of one torrent, kept in two lists (seeders, leechers) for cheap sampling.
+
+    Each peer knows its index in its list, so joining, leaving and becoming a
+    seeder are O(1) swaps, and picking `want` peers costs O(want), not
+    O(swarm size): a 10,000-peer swarm answers as fast as a 10-peer one.
+    """
+
+    __slots__ = ("info_hash", "peers", "seeds", "leeches")
+
+    def __init__(self, info_hash: bytes) -> None:
+        self.info_hash = info_hash
+        self.peers: dict[bytes, Peer] = {}
+        self.seeds: list[Peer] = []
+        self.leeches: list[Peer] = []
+
+    @property
+    def seeders(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def leechers(self) -> int:
+        return len(self.leeches)
+
+    def add(self, peer: Peer) -> None:
+        self.peers[peer.peer_id] = peer
+        self._join(peer)
+
+    def remove(self, peer: Peer) -> None:
+        del self.peers[peer.peer_id]
+        self._leave(peer)
+
+    def set_left(self, peer: Peer, left: int) -> None:
+        """Update what the peer has left, moving it between the lists when it turns seeder."""
+        if (left == 0) != (peer.left == 0):
+            self._leave(peer)
+            peer.left = left
+            self._join(peer)
+        else:
+            peer.left = left
+
+    def _join(self, peer: Peer) -> None:
+        group = self.seeds if peer.left == 0 else self.leeches
+        peer.slot = len(group)
+        group.append(peer)
+
+    def _leave(self, peer: Peer) -> None:
+        group = self.seeds if peer.left == 0 else self.leeches
+        last = group.pop()
+        if last is not peer:
+            group[peer.slot] = last
+            last.slot = peer.slot
+
+    def sample(self, asking: Peer | None, want: int) -> list[Peer]:
+        """Up to `want` peers other than `asking`, at random; a seeder is given only leechers."""
+        if want <= 0:
+            return []
+        seeding = asking is not None and asking.left == 0
+        total = len(self.leeches) if seeding else len(self.peers)
+        if total <= want + 1:
+            pool = list(self.leeches) if seeding else self.leeches + self.seeds
+        else:
+            pool = [self._at(i) for i in random.sample(range(total), want + 1)]
+        return [p for p in pool if p is not asking][:want]
+
+    def _at(self, index: int) -> Peer:
+        """The index-th peer of leeches followed by seeds."""
+        leeches = len(self.leeches)
+        return self.leeches[index] if index < leeches else self.seeds[index - leeches]
+
+    def as_doc(self) -> Doc:
+        return {
+            "info_hash": self.info_hash.hex(),
+            "seeders": self.seeders,
+            "leechers": self.leechers,
+            "peers": {pid.hex(): peer.as_doc() for pid, peer in self.peers.items()},
+        }
+
+
+@dataclasses.dataclass
+class Flush:
+    """What changed since the last drain: the write-behind's unit of work."""
+
+    swarms: dict[str, Doc | None]  # info hash hex -> swarm doc body, None when it emptied
+    transfers: dict[int, tuple[int, int]]  # user_id -> (uploaded, downloaded) deltas
+    snatches: list[tuple[str, int]]  # (info hash hex, user_id)
+
+    def __bool__(self) -> bool:
+        return bool(self.swarms or self.transfers or self.snatches)
+
+
+@dataclasses.dataclass(slots=True)
+class Credit:
+    """What one announce changed for its user and its torrent."""
+
+    uploaded: int = 0
+    downloaded: int = 0
+    snatched: bool = False
+
+
+class Swarms:
+    """Every swarm this tracker knows, and the changes not yet written behind."""
+
+    def __init__(self) -> None:
+        self.swarms: dict[bytes, Swarm] = {}
+        self._dirty: set[bytes] = set()
+        self._transfers: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
+        self._snatches: list[tuple[str, int]] = []
+
+    def get(self, info_hash: bytes) -> Swarm | None:
+        return self.swarms.get(info_hash)
+
+    def announce(
+        self,
+        info_hash: bytes,
+        peer_id: bytes,
+        *,
+        user_id: int,
+        ip: str,
+        port: int,
+        left: int,
+        uploaded: int,
+        downloaded: int,
+        event: bytes,
+        now: float,
+    ) -> tuple[Swarm, Peer | None, Credit]:
+        """Apply one announce; return the swarm, the peer (None once stopped), the credit."""
+        swarm = self.swarms.get(info_hash)
+        if swarm is None:
+            swarm = self.swarms[info_hash] = Swarm(info_hash)
+        peer = swarm.peers.get(peer_id)
+        self._dirty.add(info_hash)
+        if peer is None:
+            if event == b"stopped":
+                return swarm, None, Credit()  # a stop from a peer never seen: nothing to undo
+            peer = Peer(peer_id, user_id, ip, port)
+            peer.left = left
+            # Counters are per client session: credit them only from a fresh start,
+            # not from a peer this tracker merely forgot (they may be credited already).
+            credit = Credit(uploaded, downloaded) if event == b"started" else Credit()
+            swarm.add(peer)
+        else:
+            credit = _credit(peer, uploaded, downloaded, left)
+            swarm.set_left(peer, left)
+            peer.move_to(ip, port)
+        peer.uploaded, peer.downloaded, peer.last_seen = uploaded, downloaded, now
+        self._record(info_hash, user_id, credit)
+        if event == b"stopped":
+            self._remove(swarm, peer)
+            return swarm, None, credit
+        return swarm, peer, credit
+
+    def _record(self, info_hash: bytes, user_id: int, credit: Credit) -> None:
+        if credit.uploaded or credit.downloaded:
+            totals = self._transfers[user_id]
+            totals[0] += credit.uploaded
+            totals[1] += credit.downloaded
+        if credit.snatched:
+            self._snatches.append((info_hash.hex(), user_id))
+
+    def _remove(self, swarm: Swarm, peer: Peer) -> None:
+        swarm.remove(peer)
+        self._dirty.add(swarm.info_hash)
+
+    def reap(self, now: float, max_age: float) -> int:
+        """Forget peers not heard from within max_age seconds; return how many."""
+        cutoff, reaped = now - max_age, 0
+        for swarm in list(self.swarms.values()):
+            for peer in [p for p in swarm.peers.values() if p.last_seen < cutoff]:
+                self._remove(swarm, peer)
+                reaped += 1
+        return reaped
+
+    def drain(self) -> Flush:
+        """Take what changed since the last drain (the caller writes it behind)."""
+        swarms: dict[str, Doc | None] = {}
+        for info_hash in self._dirty:
+            swarm = self.swarms.get(info_hash)
+            if swarm is None or not swarm.peers:
+                self.swarms.pop(info_hash, None)
+                swarms[info_hash.hex()] = None
+            else:
+                swarms[info_hash.hex()] = swarm.as_doc()
+        flush = Flush(
+            swarms=swarms,
+            transfers={user: (up, down) for user, (up, down) in self._transfers.items()},
+            snatches=self._snatches,
+        )
+        self._dirty, self._snatches = set(), []
+        self._transfers.clear()
+        return flush
+
+    def restore(self, docs: Iterable[Doc], *, now: float, max_age: float) -> int:
+        """Rebuild swarms from stored swarm docs, leaving out stale peers; return peers loaded."""
+        loaded = 0
+        for doc in docs:
+            info_hash = bytes.fromhex(doc["info_hash"])
+            swarm = Swarm(info_hash)
+            for pid, stored in (doc.get("peers") or {}).items():
+                if float(stored.get("last_seen", 0)) < now - max_age:
+                    self._dirty.add(info_hash)
+                    continue
+                peer = Peer(
+                    bytes.fromhex(pid), int(stored["user_id"]), stored["ip"], stored["port"]
+                )
+                peer.left, peer.last_seen = int(stored["left"]), float(stored["last_seen"])
+                peer.uploaded, peer.downloaded = int(stored["uploaded"]), int(stored["downloaded"])
+                swarm.add(peer)
+                loaded += 1
+            self.swarms[info_hash] = swarm
+        return loaded
+
+
+def _credit(peer: Peer, uploaded: int, downloaded: int, left: int) -> Credit:
+    """Deltas since the peer's last announce; a counter that fell means its client restarted."""
+    return Credit(
+        uploaded=uploaded - peer.uploaded if uploaded >= peer.uploaded else uploaded,
+        downloaded=downloaded - peer.downloaded if downloaded >= peer.downloaded else downloaded,
+        snatched=peer.left > 0 and left == 0,
+    )
