@@ -59,6 +59,7 @@ def test_a_torrent_is_registered_shown_counted_and_deleted(client, admin, peers_
     assert response.status_code == 201
     shown = response.get_json()
     assert (shown["info_hash"], shown["torrent_id"], shown["source"]) == (IH1, 123, "api")
+    assert shown["registered_at"] == "2026-01-01T12:00:00.000000Z"
     post_torrent(client, admin, info_hash=IH2, torrent_id=124)
     make_swarm(
         peers_db,

@@ -166,6 +166,7 @@ def apply_tracked_event(state: Doc, event: Doc) -> None:
             name=None,
             source=None,
             registered=False,
+            registered_at=None,
             snatches=0,
         )
     name, data = event["name"], event["data"]
@@ -173,6 +174,7 @@ def apply_tracked_event(state: Doc, event: Doc) -> None:
         state.update(
             torrent_id=data["torrent_id"], name=data["name"], source=data["source"], registered=True
         )
+        state["registered_at"] = event["at"]
     elif name == "unregistered":
         state["registered"] = False
     elif name == "snatched":
@@ -327,7 +329,7 @@ def public_tracked(doc: Doc) -> dict[str, Any]:
         "name": doc["name"],
         "source": doc["source"],
         "snatches": doc["snatches"],
-        "registered_at": doc.get("updated_at") if doc.get("version") == 1 else None,
+        "registered_at": doc.get("registered_at"),
     }
 
 
