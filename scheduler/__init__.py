@@ -42,6 +42,7 @@ def job_intervals(settings: Settings) -> list[tuple[Job, float]]:
         (jobs.reap_expired_leases, section.reap_seconds),
         (jobs.catch_up_projections, section.projector_seconds),
         (jobs.snapshot_stats, section.stats_seconds),
+        (jobs.stale_peer_reaper(settings), section.reap_seconds),
     ]
 
 

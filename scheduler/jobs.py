@@ -7,12 +7,15 @@ handlers use (never the app over HTTP). A job's scheduler id is its name.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import app.store  # noqa: F401  (registers every projector that catch-up may replay)
 from app import events, leasing, stats
+from app.config import Settings
 from app.couch import Database
+from app.tracker import peersdb
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +47,24 @@ def catch_up_projections(db: Database, now: datetime) -> int:
 def snapshot_stats(db: Database, now: datetime) -> dict[str, Any]:
     """Recount the stats snapshot that /stats serves, so /stats never reduces a whole view."""
     return stats.snapshot_stats(db, now)
+
+
+def stale_peer_reaper(settings: Settings) -> Callable[[Database, datetime], int]:
+    """The reap_stale_peers job for these settings (it needs the peers database and interval)."""
+
+    def reap_stale_peers(db: Database, now: datetime) -> int:
+        """Drop tracker peers that did not announce within twice the interval; return how many.
+
+        The running tracker forgets them itself; this keeps the stored swarms
+        (and so /api/counts) right while no tracker runs.
+        """
+        peers_db = peersdb.open_peers_database(db, settings)
+        if not peers_db.server.database_exists(peers_db.name):
+            return 0
+        max_age = 2 * settings.tracker.interval_seconds
+        reaped = peersdb.reap_stale_peers(peers_db, now=now, max_age_seconds=max_age)
+        if reaped:
+            log.info("reaped %d stale tracker peers", reaped)
+        return reaped
+
+    return reap_stale_peers

@@ -125,10 +125,16 @@ def test_jobs_are_registered_by_name_with_the_configured_intervals(db):
     settings = settings_for(db, reap_seconds=7, projector_seconds=3, stats_seconds=11)
     scheduler = build_scheduler(settings, db)
     registered = {job.id: job for job in scheduler.get_jobs()}
-    assert set(registered) == {"reap_expired_leases", "catch_up_projections", "snapshot_stats"}
+    assert set(registered) == {
+        "reap_expired_leases",
+        "catch_up_projections",
+        "snapshot_stats",
+        "reap_stale_peers",
+    }
     intervals = {name: job.trigger.interval for name, job in registered.items()}
     assert intervals == {
         "reap_expired_leases": timedelta(seconds=7),
+        "reap_stale_peers": timedelta(seconds=7),
         "catch_up_projections": timedelta(seconds=3),
         "snapshot_stats": timedelta(seconds=11),
     }
