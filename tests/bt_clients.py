@@ -612,3 +612,79 @@ def running_qbittorrent(workdir: Path, ip: str) -> Iterator[QBittorrent]:
         yield client
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------- rtorrent
+
+
+class RTorrent:
+    """rtorrent as a daemon (no terminal UI) loading one .torrent given in its rc file.
+
+    It is watched from the outside: the files on disk, its log. rtorrent never
+    sends `completed`, which is why a snatch must be seen as left going to 0.
+    """
+
+    name = "rtorrent"
+
+    def __init__(self, torrent_file: Path, download_dir: Path, ip: str, workdir: Path) -> None:
+        session = workdir / "session"
+        session.mkdir(parents=True, exist_ok=True)
+        download_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port(ip)
+        self.log = workdir / "rtorrent.log"
+        self.finished_marker = workdir / "finished"
+        rc = workdir / "rtorrent.rc"
+        rc.write_text(
+            "\n".join(
+                [
+                    f"directory.default.set = {download_dir}",
+                    f"session.path.set = {session}",
+                    f"network.port_range.set = {port}-{port}",
+                    "network.port_random.set = no",
+                    f"network.bind_address.set = {ip}",
+                    "dht.mode.set = disable",
+                    "protocol.pex.set = no",
+                    "trackers.use_udp.set = no",
+                    "protocol.encryption.set = allow_incoming,try_outgoing,enable_retry",
+                    "system.daemon.set = true",
+                    f'log.open_file = "main", "{self.log}"',
+                    'log.add_output = "info", "main"',
+                    'log.add_output = "tracker_info", "main"',
+                    # a marker file once rtorrent itself holds the download complete
+                    "method.set_key = event.download.finished, distleech_mark,"
+                    f' "execute.nothrow = touch, {self.finished_marker}"',
+                    f"load.start_verbose = {torrent_file}",
+                    "",
+                ]
+            )
+        )
+        self.out = (workdir / "rtorrent.out").open("wb")
+        self.process = subprocess.Popen(
+            ["rtorrent", "-n", "-o", f"import={rc}"],
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "HOME": str(workdir), "TERM": "dumb"},
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def finished(self) -> bool:
+        """rtorrent's own event.download.finished has fired."""
+        return self.finished_marker.exists()
+
+    def close(self) -> None:
+        _stop(self.process, signal.SIGINT, wait=15)  # rtorrent announces `stopped` on exit
+        self.out.close()
+
+
+@contextlib.contextmanager
+def running_rtorrent(
+    torrent_file: Path, download_dir: Path, ip: str, workdir: Path
+) -> Iterator[RTorrent]:
+    client = RTorrent(torrent_file, download_dir, ip, workdir)
+    try:
+        yield client
+    finally:
+        client.close()

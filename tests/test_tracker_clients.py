@@ -40,6 +40,7 @@ from bt_clients import (
     running_libtorrent,
     running_opentracker,
     running_qbittorrent,
+    running_rtorrent,
     running_transmission,
     wait_until,
     write_content,
@@ -86,7 +87,11 @@ class Tracker:
         self.process = subprocess.Popen(
             [str(distleech), "tracker", "serve"], env=env, stdout=self.out, stderr=subprocess.STDOUT
         )
-        wait_until(self._up, 20, "the tracker to listen")
+        try:
+            wait_until(self._up, 20, "the tracker to listen")
+        except BaseException:
+            self.stop()
+            raise
         self.base = f"http://127.0.0.1:{self.port}"
 
     def _up(self) -> bool:
@@ -366,6 +371,44 @@ def test_aria2_seeds_to_qbittorrent(api, start_tracker, album, tmp_path):
         lambda: api.user(5), lambda u: bytes_match(u["uploaded"], album.size), "seeder totals"
     )
     assert (seeder_totals["downloaded"], seeder_totals["snatches"]) == (0, 0)
+
+
+def test_libtorrent_seeds_to_rtorrent_which_never_sends_completed(
+    api, start_tracker, album, tmp_path
+):
+    needs("rtorrent")
+    # rtorrent re-announces on its own schedule (minutes): a long interval keeps it
+    # from being reaped, so its only announces are `started` and `stopped`
+    tracker = start_tracker(interval=30)
+    pk = setup_swarm(api, tracker, album, {9: "seeder", 10: "leecher"})
+    ih = album.info_hash
+
+    with running_libtorrent(SEEDER_IP) as seeder:
+        seeder.add(album.metainfo(tracker.announce_url(pk[9])), album.content.parent)
+        wait_until(lambda: seeder.is_seeding(ih) and seeder.tracker_replies(), 20, "the seed")
+        eventually(lambda: api.counts(ih), lambda c: c["seeders"] == 1, "one seeder")
+
+        # 1. rtorrent downloads; the tracker still knows it only as a leecher
+        torrent_file = tmp_path / "rtorrent.torrent"
+        torrent_file.write_bytes(album.metainfo(tracker.announce_url(pk[10], in_path=True)))
+        download = tmp_path / "rtorrent-dl"
+        with running_rtorrent(torrent_file, download, LEECHER_IP, tmp_path / "rtorrent") as rt:
+            wait_until(rt.finished, 30, "rtorrent to complete the download")
+            assert downloaded_ok(download, album)
+            counts = api.counts(ih)
+            assert (counts["seeders"], counts["leechers"], counts["snatches"]) == (1, 1, 0)
+        # 2. rtorrent quits: `stopped` with left=0 is the first the tracker hears of it
+        assert "sending 'completed" not in rt.output()
+        assert "sending 'stopped" in rt.output()
+
+    counts = eventually(
+        lambda: api.counts(ih), lambda c: c["snatches"] == 1, "the snatch from left going to 0"
+    )
+    assert (counts["seeders"], counts["leechers"]) == (0, 0)
+    leecher = eventually(
+        lambda: api.user(10), lambda u: bytes_match(u["downloaded"], album.size), "leecher totals"
+    )
+    assert leecher["snatches"] == 1
 
 
 # ---------------------------------------------------------------- refusals, seen by the clients
