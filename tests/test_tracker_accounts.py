@@ -285,6 +285,25 @@ def test_negative_deltas_count_as_nothing(db, directory, clock):
     assert (user(db, 7)["uploaded"], user(db, 7)["downloaded"]) == (0, 10)
 
 
+def test_a_flush_retried_with_its_batch_id_is_recorded_once(db, directory, clock):
+    facts = ({7: (100, 200), 8: (5, 0)}, [(IH1, 7)])
+    stale_alice = user(db, 7)
+    accounts.record_activity(db, *facts, now=clock(), batch="flush-1")
+    events = event_ids(db)
+    # a crash between the event and the projection write: alice's projection lags
+    db.put(stale_alice | {"_rev": user(db, 7)["_rev"]})
+    # the write-behind saw an error and retries the same flush: only what is missing lands
+    accounts.record_activity(db, *facts, now=clock(), batch="flush-1")
+    assert event_ids(db) == events
+    alice = user(db, 7)
+    assert (alice["uploaded"], alice["downloaded"], alice["snatches"]) == (100, 200, 1)
+    assert (user(db, 8)["uploaded"], tracked(db, IH1)["snatches"]) == (5, 1)
+    # the next flush is new traffic
+    accounts.record_activity(db, *facts, now=clock(), batch="flush-2")
+    assert (user(db, 7)["uploaded"], tracked(db, IH1)["snatches"]) == (200, 2)
+    assert rebuild_projections(db, check_only=True).differing == []
+
+
 def test_the_directory_filter_passes_projections_of_the_tracker_types_only(db, who, directory):
     accounts.add_whitelist_entry(db, "-lt", "libtorrent", **who)
     accounts.delete_user(db, 8, **who)

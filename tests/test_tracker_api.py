@@ -14,7 +14,9 @@ from factories import db_snapshot, event_ids
 from torrent_factories import gazelle, info_hash_of, make_torrent, upload_file, write_files
 from tracker_factories import make_swarm
 
+from app.api.tracker import announce_base
 from app.auth import add_user
+from app.config import load_settings
 from app.torrents import raw_info_dict
 from app.tracker import accounts
 
@@ -402,6 +404,11 @@ def test_the_announce_url_uses_the_public_url(make_app, worker, tmp_path, admin_
     finally:
         peers = app.extensions["distleech"].peers_db
         peers.server.delete_database(peers.name)
+
+
+def test_the_announce_url_without_a_public_url_names_the_first_tracker_address():
+    settings = load_settings({"tracker": {"host": "::1,127.0.0.1", "port": 7000}})
+    assert announce_base(settings) == "http://[::1]:7000"
 
 
 @pytest.mark.parametrize(

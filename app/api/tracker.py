@@ -264,12 +264,15 @@ def list_whitelist() -> Response:
 
 
 def announce_base(settings: Settings) -> str:
-    """Where clients reach the tracker: tracker.public_url, else http://host:port."""
+    """Where clients reach the tracker: tracker.public_url, else http://host:port.
+
+    tracker.host may list several addresses ("127.0.0.1,::1"): the first is used.
+    """
     tracker = settings.tracker
     if tracker.public_url:
         return tracker.public_url.rstrip("/")
-    host = f"[{tracker.host}]" if ":" in tracker.host else tracker.host
-    return f"http://{host}:{tracker.port}"
+    host = tracker.host.split(",")[0].strip()
+    return f"http://{f'[{host}]' if ':' in host else host}:{tracker.port}"
 
 
 def torrent_with_announce(stored: bytes, announce: str) -> bytes:

@@ -45,7 +45,7 @@ from app.errors import (
     WhitelistEntryExistsError,
     WhitelistEntryNotFoundError,
 )
-from app.events import ConcurrencyError, Decision, Doc, Outcome, check_none_lost, commit, projector
+from app.events import Decision, Doc, Outcome, check_none_lost, commit, projector
 from app.ids import MAX_SAFE_INT
 
 TRACKED, TRACKER_USER, WHITELIST = "tracked", "trackeruser", "whitelist"
@@ -168,6 +168,7 @@ def apply_tracked_event(state: Doc, event: Doc) -> None:
             registered=False,
             registered_at=None,
             snatches=0,
+            last_batch=None,  # the tracker's flush that last recorded snatches
         )
     name, data = event["name"], event["data"]
     if name == "registered":
@@ -179,6 +180,7 @@ def apply_tracked_event(state: Doc, event: Doc) -> None:
         state["registered"] = False
     elif name == "snatched":
         state["snatches"] += len(data["users"])
+        state["last_batch"] = data.get("batch")
 
 
 @projector(TRACKER_USER)
@@ -193,6 +195,7 @@ def apply_tracker_user_event(state: Doc, event: Doc) -> None:
             uploaded=0,
             downloaded=0,
             snatches=0,
+            last_batch=None,  # the tracker's flush that last recorded traffic
         )
     name, data = event["name"], event["data"]
     if name == "registered":
@@ -205,6 +208,7 @@ def apply_tracker_user_event(state: Doc, event: Doc) -> None:
         state["uploaded"] += data["uploaded"]
         state["downloaded"] += data["downloaded"]
         state["snatches"] += len(data["snatched"])
+        state["last_batch"] = data.get("batch")
 
 
 @projector(WHITELIST)
@@ -542,6 +546,7 @@ def record_activity(
     snatches: Sequence[tuple[str, int]],
     *,
     now: datetime,
+    batch: str | None = None,
 ) -> None:
     """Record one flush of the tracker: traffic per user, snatches per torrent; one commit.
 
@@ -554,10 +559,12 @@ def record_activity(
     delete racing this flush may leave one side recorded). Negative deltas
     (a client that restarted its counters) count as 0.
 
-    Lost races are repaired and decided again (ACTIVITY_RETRIES times); if some
-    aggregate still loses, ActivityNotRecordedError carries exactly the events
-    still pending: everything else was recorded, so call its `retry`, never
-    record_activity again with the same facts.
+    Lost races are repaired and decided again (ACTIVITY_RETRIES times), then
+    ConcurrencyError. On any error (that, or a CouchError) part of the flush
+    may be recorded already: with a `batch` id (unique per flush, e.g. a
+    uuid4), calling again with the same facts and the same id records only the
+    rest, because an aggregate whose last activity carries that id is skipped.
+    So retry a failed batch as it was, before recording any newer one on top.
     """
     user_ids = {uid for uid in transfers} | {uid for _, uid in snatches}
     hashes = {ih for ih, _ in snatches}
@@ -566,65 +573,52 @@ def record_activity(
     users = {u for u in user_ids if (states.get(tracker_user_doc_id(u)) or {}).get("active")}
     torrents = {ih for ih in hashes if (states.get(tracked_doc_id(ih)) or {}).get("registered")}
     kept = [(ih, uid) for ih, uid in snatches if uid in users and ih in torrents]
-    decisions = _activity_decisions(transfers, kept, users)
+    decisions = _activity_decisions(transfers, kept, users, batch)
     if decisions:
-        _commit_activity(db, decisions, now, states)
-
-
-class ActivityNotRecordedError(ConcurrencyError):
-    """Some aggregates kept losing their races; `pending` are their undecided events."""
-
-    def __init__(self, pending: list[tuple[str, Decision]]) -> None:
-        super().__init__(
-            "activity not recorded yet for " + ", ".join(agg for agg, _ in pending[:10])
+        outcomes = commit(
+            db, decisions, actor=TRACKER_ACTOR, now=now, states=states, retry_lost=ACTIVITY_RETRIES
         )
-        self.pending = pending
-
-    def retry(self, db: Database, *, now: datetime) -> None:
-        """Try the pending events again; raises a new ActivityNotRecordedError if still lost."""
-        _commit_activity(db, self.pending, now, None)
-
-
-def _commit_activity(
-    db: Database,
-    decisions: list[tuple[str, Decision]],
-    now: datetime,
-    states: dict[str, Doc] | None,
-) -> None:
-    outcomes = commit(
-        db, decisions, actor=TRACKER_ACTOR, now=now, states=states, retry_lost=ACTIVITY_RETRIES
-    )
-    lost = {o.aggregate for o in outcomes if o.lost_race}
-    if lost:
-        raise ActivityNotRecordedError([(agg, d) for agg, d in decisions if agg in lost])
+        check_none_lost(outcomes)
 
 
 def _activity_decisions(
-    transfers: Mapping[int, tuple[int, int]], kept: list[tuple[str, int]], users: set[int]
+    transfers: Mapping[int, tuple[int, int]],
+    kept: list[tuple[str, int]],
+    users: set[int],
+    batch: str | None,
 ) -> list[tuple[str, Decision]]:
     snatched_by_user: dict[int, list[str]] = {}
     users_by_torrent: dict[str, list[int]] = {}
     for ih, uid in kept:
         snatched_by_user.setdefault(uid, []).append(ih)
         users_by_torrent.setdefault(ih, []).append(uid)
+    tag: dict[str, Any] = {} if batch is None else {"batch": batch}
     decisions: list[tuple[str, Decision]] = []
     for uid in sorted(users):
         up, down = (max(0, int(v)) for v in transfers.get(uid, (0, 0)))
         snatched = snatched_by_user.get(uid, [])
         if up or down or snatched:
-            data = {"uploaded": up, "downloaded": down, "snatched": snatched}
-            decisions.append((tracker_user_doc_id(uid), _if_state("active", "transferred", data)))
+            data: dict[str, Any] = {"uploaded": up, "downloaded": down, "snatched": snatched}
+            data |= tag
+            decisions.append((tracker_user_doc_id(uid), _activity("active", "transferred", data)))
     for ih, uids in sorted(users_by_torrent.items()):
-        data = {"users": uids}
-        decisions.append((tracked_doc_id(ih), _if_state("registered", "snatched", data)))
+        data = {"users": uids, **tag}
+        decisions.append((tracked_doc_id(ih), _activity("registered", "snatched", data)))
     return decisions
 
 
-def _if_state(flag: str, name: str, data: dict[str, Any]) -> Decision:
-    """Record (name, data) while the aggregate's `flag` holds (decided again after a lost race)."""
+def _activity(flag: str, name: str, data: dict[str, Any]) -> Decision:
+    """Record (name, data) while the aggregate's `flag` holds and its batch is not in yet.
+
+    Decided again after a lost race, on the state repaired from events.
+    """
 
     def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
-        return (name, data) if state and state.get(flag) else None
+        if not state or not state.get(flag):
+            return None
+        if "batch" in data and state.get("last_batch") == data["batch"]:
+            return None  # recorded by an earlier attempt of the same flush
+        return name, data
 
     return decide
 
