@@ -4,24 +4,40 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install debs run test lint fmt bench clean
+.PHONY: install debs bench-debs apt run test lint fmt bench clean
 
-# Debian packages the tests drive (real BitTorrent clients). Installed only when
-# missing and only as root (CI); elsewhere the tests that need them say so and skip.
-DEBS := aria2 transmission-daemon
-DEB_BINARIES := aria2c transmission-daemon
+# Debian packages the tests drive (real BitTorrent clients) and `ip` for the test
+# network namespace. Installed only when missing and only as root (CI); elsewhere
+# the tests that need them say so and skip.
+DEBS := aria2 transmission-daemon transmission-cli qbittorrent-nox iproute2
+DEB_BINARIES := aria2c transmission-daemon transmission-remote qbittorrent-nox ip
+# `make bench tracker` also measures the npm tracker and opentracker under wrk.
+BENCH_DEBS := wrk opentracker
+BENCH_BINARIES := wrk opentracker
+
+# The suite runs in a network namespace that has only loopback, so the real
+# BitTorrent clients (and anything else) cannot reach or be reached from outside:
+# no DHT, LSD or UPnP traffic leaves the machine. Needs root (CI) or user
+# namespaces; without either, the client tests skip and say why.
+NETNS := $(shell unshare --net true 2>/dev/null && echo unshare --net -- sh -c \''ip link set lo up && exec "$$@"'\' netns)
 
 install: $(VENV)/.installed node_modules/.installed
 
 debs:
-	@missing=0; for b in $(DEB_BINARIES); do command -v $$b >/dev/null || missing=1; done; \
+	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)" BINARIES="$(DEB_BINARIES)"
+
+bench-debs:
+	@$(MAKE) --no-print-directory apt PKGS="$(BENCH_DEBS)" BINARIES="$(BENCH_BINARIES)"
+
+apt:
+	@missing=0; for b in $(BINARIES); do PATH=$$PATH:/usr/sbin:/sbin command -v $$b >/dev/null || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian packages: $(DEBS)"; \
+	    echo "installing Debian packages: $(PKGS)"; \
 	    apt-get update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS) >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PKGS) >/dev/null; \
 	  else \
-	    echo "note: $(DEBS) missing and not root: the tests that need them will skip"; \
+	    echo "note: $(PKGS) missing and not root: what needs them will skip"; \
 	  fi; \
 	fi
 
@@ -39,7 +55,7 @@ run: install
 	$(BIN)/distleech run
 
 test: install debs
-	$(BIN)/pytest
+	$(NETNS) $(BIN)/pytest
 
 lint: install
 	$(BIN)/ruff check app scheduler tests bench
@@ -50,7 +66,7 @@ fmt: install
 	$(BIN)/ruff format app scheduler tests bench
 	$(BIN)/ruff check --fix app scheduler tests bench
 
-bench: install
+bench: install bench-debs
 	$(BIN)/python -m bench
 
 clean:

@@ -81,7 +81,8 @@ class WorkerSettings:
 
 @dataclasses.dataclass(frozen=True)
 class TrackerSettings:
-    host: str = "127.0.0.1"
+    enabled: bool = True  # `distleech run` starts the tracker process
+    host: str = "127.0.0.1"  # one address, or several separated by commas (e.g. "127.0.0.1,::1")
     port: int = 6969  # the usual BitTorrent tracker port
     public_url: str = ""  # announce base put into .torrent downloads; empty: http://host:port
     interval_seconds: int = 1800

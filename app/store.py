@@ -5,6 +5,7 @@ from __future__ import annotations
 from app import albums, archive, auth, downloads, torrents, workers  # noqa: F401 (projectors)
 from app.couch import Database
 from app.designdocs import build_design_docs, sync_design_docs, warm_views
+from app.tracker import accounts  # noqa: F401 (projectors)
 
 
 def init_database(db: Database, *, warm: bool = True) -> list[str]:

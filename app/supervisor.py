@@ -1,8 +1,9 @@
-"""`distleech run`: start the bundled CouchDB, the app and the scheduler; stop them cleanly.
+"""`distleech run`: start the bundled CouchDB, the app, the scheduler and the tracker.
 
 When couchdb.url names a server, no bundled server is started. Logs go to
 var/log/; the bundled server's data to var/couchdb/. Ctrl-C (or SIGTERM)
-stops the app and the scheduler first, then the database.
+stops the app, the scheduler and the tracker first (the tracker writes its
+swarms behind on the way out), then the database.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def run_all(settings: Settings) -> int:
     parts = {"app": _spawn(exe + ["serve"], "app.log", env)}
     if settings.scheduler.enabled:
         parts["scheduler"] = _spawn(exe + ["scheduler"], "scheduler.log", env)
+    if settings.tracker.enabled:
+        parts["tracker"] = _spawn(exe + ["tracker", "serve"], "tracker.log", env)
     _print_banner(settings, url, database is not None)
     stopping = False
 
@@ -96,6 +99,9 @@ def _print_banner(settings: Settings, url: str, bundled_server: bool) -> None:
         _say(f"CouchDB:        {url} (bundled; Fauxton at {url}/_utils)")
     else:
         _say(f"CouchDB:        {url}")
+    if settings.tracker.enabled:
+        tracker_url = f"http://{settings.tracker.host.split(',')[0]}:{settings.tracker.port}"
+        _say(f"tracker:        {tracker_url}/announce?passkey=<passkey>")
     _say(f"logs:           {VAR / 'log'}")
     _say("first admin:    .venv/bin/distleech user add NAME --admin")
     _say("worker token:   .venv/bin/distleech token add --role worker NAME")

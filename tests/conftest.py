@@ -48,6 +48,8 @@ def db(couch_server):
     init_database(database, warm=False)
     yield database
     couch_server.delete_database(name)
+    if couch_server.database_exists(f"{name}_peers"):  # the tracker's, made by the app
+        couch_server.delete_database(f"{name}_peers")
 
 
 class Clock:

@@ -25,7 +25,7 @@ def _wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> reque
 
 
 def test_run_starts_bundled_couchdb_app_and_scheduler_and_stops_on_ctrl_c(tmp_path):
-    couch_port, app_port = free_port(), free_port()
+    couch_port, app_port, tracker_port = free_port(), free_port(), free_port()
     env = dict(
         os.environ,
         DISTLEECH_VAR=str(tmp_path / "var"),
@@ -33,6 +33,7 @@ def test_run_starts_bundled_couchdb_app_and_scheduler_and_stops_on_ctrl_c(tmp_pa
         DISTLEECH_COUCHDB__BUNDLED_PORT=str(couch_port),
         DISTLEECH_SERVER__PORT=str(app_port),
         DISTLEECH_SERVER__WORKERS="1",
+        DISTLEECH_TRACKER__PORT=str(tracker_port),
     )
     env.pop("DISTLEECH_COUCHDB__URL", None)
     process = subprocess.Popen(
@@ -50,6 +51,9 @@ def test_run_starts_bundled_couchdb_app_and_scheduler_and_stops_on_ctrl_c(tmp_pa
         assert requests.get(f"http://127.0.0.1:{couch_port}/_utils/", timeout=5).ok
         assert (tmp_path / "var" / "couchdb").is_dir()
         assert (tmp_path / "var" / "log" / "scheduler.log").exists()
+        # the tracker answers announces (with a reason: this passkey is nobody's)
+        announce = _wait_for(f"http://127.0.0.1:{tracker_port}/announce?passkey=x", process)
+        assert b"failure reason" in announce.content
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)
@@ -57,7 +61,8 @@ def test_run_starts_bundled_couchdb_app_and_scheduler_and_stops_on_ctrl_c(tmp_pa
     assert f"http://127.0.0.1:{app_port}" in output
     assert "distleech user add" in output
     # nothing listens any more
-    for port in (couch_port, app_port):
+    assert f"http://127.0.0.1:{tracker_port}/announce" in output
+    for port in (couch_port, app_port, tracker_port):
         try:
             requests.get(f"http://127.0.0.1:{port}/", timeout=2)
         except requests.ConnectionError:

@@ -5,17 +5,22 @@ server drains what changed (app.tracker.swarm.Flush) and hands it to this
 writer in a worker thread: one `_bulk_docs` for the swarms that changed,
 however many announces touched them, and one event commit for the users'
 transfer totals and the torrents' snatches. A failed write is kept and merged
-into the next one, so a CouchDB hiccup delays facts but loses none.
+into the next one, so a CouchDB hiccup delays facts but loses none. Activity
+goes in batches with an id: a batch that failed halfway is retried as it
+was, with the same id, so what it already recorded is not counted twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from app.couch import CouchError, Database
+from app.events import ConcurrencyError
 from app.timeutil import iso
 from app.tracker.peersdb import swarm_doc_id
 from app.tracker.swarm import Flush
@@ -25,6 +30,25 @@ log = logging.getLogger(__name__)
 Doc = dict[str, Any]
 
 
+@dataclasses.dataclass
+class ActivityBatch:
+    """Transfers and snatches recorded together; once tried, its facts never change."""
+
+    transfers: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    snatches: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    batch: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    tried: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.transfers or self.snatches)
+
+    def add(self, transfers: dict[int, tuple[int, int]], snatches: list[tuple[str, int]]) -> None:
+        for user, (up, down) in transfers.items():
+            old_up, old_down = self.transfers.get(user, (0, 0))
+            self.transfers[user] = (old_up + up, old_down + down)
+        self.snatches.extend(snatches)
+
+
 class WriteBehind:
     """Writes drained changes; keeps what failed for the next attempt."""
 
@@ -32,8 +56,7 @@ class WriteBehind:
         self.db, self.peers_db, self.clock = db, peers_db, clock
         self.revs: dict[str, str] = {}  # swarm doc id -> last _rev we know
         self._swarms: dict[str, Doc | None] = {}
-        self._transfers: dict[int, tuple[int, int]] = {}
-        self._snatches: list[tuple[str, int]] = []
+        self._batches: list[ActivityBatch] = []  # oldest first; only the last may be untried
 
     def remember(self, docs: list[Doc]) -> None:
         """Note the revisions of swarm documents loaded at start."""
@@ -45,21 +68,22 @@ class WriteBehind:
         try:
             self._write_swarms()
             self._write_activity()
-        except CouchError as error:
+        except (CouchError, ConcurrencyError) as error:
             log.warning("tracker write-behind failed, keeping it for the next flush: %s", error)
             return False
         return True
 
     @property
     def pending(self) -> bool:
-        return bool(self._swarms or self._transfers or self._snatches)
+        return bool(self._swarms or self._batches)
 
     def _merge(self, flush: Flush) -> None:
         self._swarms.update(flush.swarms)  # the newest state of a swarm supersedes older ones
-        for user, (up, down) in flush.transfers.items():
-            old_up, old_down = self._transfers.get(user, (0, 0))
-            self._transfers[user] = (old_up + up, old_down + down)
-        self._snatches.extend(flush.snatches)
+        if not (flush.transfers or flush.snatches):
+            return
+        if not self._batches or self._batches[-1].tried:
+            self._batches.append(ActivityBatch())
+        self._batches[-1].add(flush.transfers, flush.snatches)
 
     def _write_swarms(self) -> None:
         for _attempt in range(3):
@@ -103,9 +127,12 @@ class WriteBehind:
                 self.revs.pop(row["key"], None)
 
     def _write_activity(self) -> None:
-        if not (self._transfers or self._snatches):
-            return
         from app.tracker.accounts import record_activity
 
-        record_activity(self.db, self._transfers, self._snatches, now=self.clock())
-        self._transfers, self._snatches = {}, []
+        while self._batches:
+            batch = self._batches[0]
+            batch.tried = True
+            record_activity(
+                self.db, batch.transfers, batch.snatches, now=self.clock(), batch=batch.batch
+            )
+            self._batches.pop(0)
