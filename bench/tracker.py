@@ -17,9 +17,9 @@ Every tracker is sampled with a few Python requests before the run and checked
 by the warm-up (wrk counts only non-2xx, and a failure reason comes back as
 200): each response must be a bencoded dictionary with `interval` and no
 `failure reason`. Then each tracker is measured for the same time with the same
-wrk threads and connections, round-robin, two rounds of keep-alive (one with
---quick) and, in a full run, one round where every request closes its
-connection (libtorrent sends `Connection: close`).
+wrk threads and connections, round-robin: three 10 s rounds of keep-alive
+(one 5 s round with --quick) and, in a full run, one round where every
+request closes its connection (libtorrent sends `Connection: close`).
 
 Headline: ours / npm announces/s (keep-alive), target >= 1.0; also ours /
 opentracker and every p99. Needs wrk (Debian package); opentracker is optional.
@@ -69,9 +69,9 @@ USER_ID_BASE = 1000
 WRK_THREADS = 1  # 2 cores: one for wrk, one for the tracker under test
 WRK_CONNECTIONS = 64
 WRK_TIMEOUT = "10s"  # a slow answer is a latency, not a timeout
-MEASURE_SECONDS = {"full": 15, "quick": 5}
+MEASURE_SECONDS = {"full": 10, "quick": 5}
 WARMUP_SECONDS = {"full": 4, "quick": 2}
-KEEPALIVE_ROUNDS = {"full": 2, "quick": 1}
+KEEPALIVE_ROUNDS = {"full": 3, "quick": 1}
 CLOSE_ROUNDS = {"full": 1, "quick": 0}
 SAMPLES = 20
 TARGET = 1.0
