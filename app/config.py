@@ -89,7 +89,8 @@ class TrackerSettings:
     min_interval_seconds: int = 900
     numwant_default: int = 50
     numwant_max: int = 200
-    flush_seconds: float = 1.0  # write-behind: how late the peers database may be
+    flush_seconds: float = 1.0  # write-behind: how late swarm membership and totals may be
+    refresh_seconds: float = 30.0  # how late peers' counters and last-seen times may be stored
     peers_database: str = ""  # empty: "<couchdb.database>_peers"; never replicated
 
 

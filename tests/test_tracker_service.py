@@ -258,3 +258,14 @@ def test_an_emptied_swarm_is_drained_as_gone(tracker):
 def test_unknown_paths(tracker):
     assert tracker.handle(b"/favicon.ico", "127.0.0.1")[0] == 404
     assert tracker.handle(b"/", "127.0.0.1")[0] == 200
+
+
+def test_re_announces_wait_for_a_full_drain_membership_changes_do_not(tracker):
+    announce(tracker, 1, event="started")
+    assert list(tracker.swarms.drain(full=False).swarms) == [IH.hex()]  # a peer joined
+    announce(tracker, 1, uploaded=10)  # same peer, same state: only counters moved
+    assert tracker.swarms.drain(full=False).swarms == {}
+    full = tracker.swarms.drain(full=True).swarms[IH.hex()]
+    assert full["peers"][peer_id(1).hex()]["uploaded"] == 10
+    announce(tracker, 1, left=0)  # turned seeder: counts changed, stored at once
+    assert tracker.swarms.drain(full=False).swarms[IH.hex()]["seeders"] == 1

@@ -152,9 +152,13 @@ class TrackerProcess:
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        section = self.settings.tracker
+        last_full = time.monotonic()
         while True:
-            await asyncio.sleep(self.settings.tracker.flush_seconds)
-            flush = self.swarms.drain()
+            await asyncio.sleep(section.flush_seconds)
+            full = time.monotonic() - last_full >= section.refresh_seconds
+            last_full = time.monotonic() if full else last_full
+            flush = self.swarms.drain(full=full)
             if not (flush or self.writer.pending):
                 continue
             try:

@@ -4,6 +4,14 @@ One tracker process owns this state and is its only writer, so announces never
 wait on CouchDB: they update memory, and `drain()` hands what changed to the
 write-behind (app.tracker.writer) about once a second — the swarms to store,
 each user's transfer deltas, and the snatches seen.
+
+A swarm whose membership changed (a peer joined, left, turned seeder or moved)
+is stored at the next drain; one where peers only re-announced (new counters
+and last-seen times) waits for a `full` drain (`tracker.refresh_seconds`).
+Counts and peer lists are therefore never more than a flush late, and a busy
+tracker does not rewrite every swarm every second. The price, after a crash
+only: a peer's stored counters may be up to one refresh old, so its next
+announce credits that stretch of traffic again.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ class Peer:
         "compact",
         "v6",
         "slot",
+        "client",
     )
 
     def __init__(self, peer_id: bytes, user_id: int, ip: str, port: int) -> None:
@@ -43,11 +52,15 @@ class Peer:
         self.last_seen = 0.0
         self.compact, self.v6 = compact_address(ip, port)
         self.slot = 0  # index in its swarm's seeds or leeches list
+        self.client = client_name(peer_id)
 
-    def move_to(self, ip: str, port: int) -> None:
-        if (ip, port) != (self.ip, self.port):
-            self.ip, self.port = ip, port
-            self.compact, self.v6 = compact_address(ip, port)
+    def move_to(self, ip: str, port: int) -> bool:
+        """Take a new address; True when it changed."""
+        if (ip, port) == (self.ip, self.port):
+            return False
+        self.ip, self.port = ip, port
+        self.compact, self.v6 = compact_address(ip, port)
+        return True
 
     def as_doc(self) -> Doc:
         return {
@@ -58,7 +71,7 @@ class Peer:
             "uploaded": self.uploaded,
             "downloaded": self.downloaded,
             "last_seen": self.last_seen,
-            "client": client_name(self.peer_id),
+            "client": self.client,
         }
 
 
@@ -101,14 +114,15 @@ class Swarm:
         del self.peers[peer.peer_id]
         self._leave(peer)
 
-    def set_left(self, peer: Peer, left: int) -> None:
-        """Update what the peer has left, moving it between the lists when it turns seeder."""
-        if (left == 0) != (peer.left == 0):
-            self._leave(peer)
+    def set_left(self, peer: Peer, left: int) -> bool:
+        """Update what the peer has left; True when it turned seeder (or back)."""
+        if (left == 0) == (peer.left == 0):
             peer.left = left
-            self._join(peer)
-        else:
-            peer.left = left
+            return False
+        self._leave(peer)
+        peer.left = left
+        self._join(peer)
+        return True
 
     def _join(self, peer: Peer) -> None:
         group = self.seeds if peer.left == 0 else self.leeches
@@ -174,7 +188,8 @@ class Swarms:
 
     def __init__(self) -> None:
         self.swarms: dict[bytes, Swarm] = {}
-        self._dirty: set[bytes] = set()
+        self._dirty: set[bytes] = set()  # membership changed: store at the next drain
+        self._touched: set[bytes] = set()  # only counters and times changed: a full drain
         self._transfers: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
         self._snatches: list[tuple[str, int]] = []
 
@@ -200,7 +215,6 @@ class Swarms:
         if swarm is None:
             swarm = self.swarms[info_hash] = Swarm(info_hash)
         peer = swarm.peers.get(peer_id)
-        self._dirty.add(info_hash)
         if peer is None:
             if event == b"stopped":
                 return swarm, None, Credit()  # a stop from a peer never seen: nothing to undo
@@ -210,10 +224,11 @@ class Swarms:
             # not from a peer this tracker merely forgot (they may be credited already).
             credit = Credit(uploaded, downloaded) if event == b"started" else Credit()
             swarm.add(peer)
+            self._dirty.add(info_hash)
         else:
             credit = _credit(peer, uploaded, downloaded, left)
-            swarm.set_left(peer, left)
-            peer.move_to(ip, port)
+            moved = swarm.set_left(peer, left) | peer.move_to(ip, port)
+            (self._dirty if moved else self._touched).add(info_hash)
         peer.uploaded, peer.downloaded, peer.last_seen = uploaded, downloaded, now
         self._record(info_hash, user_id, credit)
         if event == b"stopped":
@@ -242,8 +257,16 @@ class Swarms:
                 reaped += 1
         return reaped
 
-    def drain(self) -> Flush:
-        """Take what changed since the last drain (the caller writes it behind)."""
+    def drain(self, *, full: bool = True) -> Flush:
+        """Take what changed since the last drain (the caller writes it behind).
+
+        Without `full`, swarms where peers only re-announced stay for a later drain.
+        """
+        if full:
+            self._dirty |= self._touched
+            self._touched = set()
+        else:
+            self._touched -= self._dirty
         swarms: dict[str, Doc | None] = {}
         for info_hash in self._dirty:
             swarm = self.swarms.get(info_hash)
