@@ -13,6 +13,9 @@ the client sends `stopped` with its final byte counts). See
   holds the tracker's failure reason.
 - Transmission: `transmission-daemon -f -g CFG`, driven by `transmission-remote`.
 - qBittorrent: `qbittorrent-nox` and its WebUI API (localhost needs no login).
+- rtorrent: a daemon configured by an rc file, watched through its log and
+  a marker file its `event.download.finished` hook touches.
+- opentracker: the reference tracker for the drivers' own control test.
 """
 
 from __future__ import annotations
@@ -468,10 +471,6 @@ class Transmission:
     def percent_done(self) -> int:
         match = re.search(r"Percent Done:\s*([\d.]+)%", self.info())
         return int(float(match.group(1))) if match else 0
-
-    def is_seeding(self) -> bool:
-        info = self.info()
-        return "State: Seeding" in info or "State: Idle" in info and "Percent Done: 100" in info
 
     def stop_all(self) -> None:
         """Stop every torrent (Transmission announces `stopped`)."""

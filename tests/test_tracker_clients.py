@@ -3,10 +3,13 @@
 A private torrent made with torf is registered through the Mika API with a
 user (and passkey) per client; `distleech tracker serve` runs as its own
 process on the test database. Pairs: libtorrent seeding to aria2,
-Transmission seeding to libtorrent, aria2 seeding to qBittorrent. Every
-download is checked by sha256, then /api/counts and the users' totals must
-show what happened (one snatch per completed download, however often the
-client announces afterwards). Refused clients must see the tracker's reason.
+Transmission seeding to libtorrent, aria2 seeding to qBittorrent, libtorrent
+seeding to rtorrent (which never sends `completed`). Every download is
+checked by sha256, then /api/counts and the users' totals must show what
+happened (one snatch per completed download, however often the client
+announces afterwards). Refused clients must see the tracker's reason. A
+control moves the same kind of data through opentracker, so that a failure
+of the others points at our tracker rather than at the clients.
 
 These tests need a loopback-only network namespace (`make test` runs pytest
 in one) and the clients' binaries; otherwise they skip and say why.
