@@ -86,6 +86,14 @@ def wait_until(
         time.sleep(step)
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM if the test process dies (a crash skips teardown)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait: float = 10) -> None:
     if process.poll() is None:
         process.send_signal(sig)
@@ -193,7 +201,9 @@ def running_opentracker(workdir: Path, info_hashes: list[str]) -> Iterator[str]:
     command = ["opentracker", "-i", "127.0.0.1", "-p", str(port), "-P", str(port), *user,
                "-d", str(workdir), "-w", "whitelist"]  # read after its chroot  # fmt: skip
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, preexec_fn=die_with_parent
+        )
     try:
         wait_until(lambda: accepts("127.0.0.1", port), 10, "opentracker to listen")
         yield f"http://127.0.0.1:{port}/announce"
@@ -363,7 +373,9 @@ class Aria2:
             str(torrent_file),
         ]
         self.out = log.open("wb")
-        self.process = subprocess.Popen(command, stdout=self.out, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, stdout=self.out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
 
     def output(self) -> str:
         text = self.log.read_text(errors="replace")
@@ -439,6 +451,7 @@ class Transmission:
             ["transmission-daemon", "-f", "-g", str(config), "--log-info"],
             stdout=self.out,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         wait_until(lambda: self._up(), 15, "transmission-daemon's RPC")
 
@@ -550,6 +563,7 @@ class QBittorrent:
             ["qbittorrent-nox", f"--profile={workdir}", f"--webui-port={self.webui_port}"],
             stdout=self.out,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
             env={**os.environ, "HOME": str(workdir), "QT_QPA_PLATFORM": "offscreen"},
         )
         wait_until(self._up, 20, "qBittorrent's WebUI")
@@ -662,6 +676,7 @@ class RTorrent:
             ["rtorrent", "-n", "-o", f"import={rc}"],
             stdout=self.out,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "HOME": str(workdir), "TERM": "dumb"},
         )

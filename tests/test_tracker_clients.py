@@ -34,6 +34,7 @@ from bt_clients import (
     SEEDER_IP,
     PrivateTorrent,
     accepts,
+    die_with_parent,
     downloaded_ok,
     free_port,
     in_loopback_only_netns,
@@ -88,7 +89,11 @@ class Tracker:
         workdir.mkdir(parents=True, exist_ok=True)
         self.out = self.log.open("wb")
         self.process = subprocess.Popen(
-            [str(distleech), "tracker", "serve"], env=env, stdout=self.out, stderr=subprocess.STDOUT
+            [str(distleech), "tracker", "serve"],
+            env=env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         try:
             wait_until(self._up, 20, "the tracker to listen")
