@@ -9,9 +9,11 @@ BIN := $(VENV)/bin
 # Debian packages the tests drive (real BitTorrent clients) and `ip` for the test
 # network namespace. Installed only when missing and only as root (CI); elsewhere
 # the tests that need them say so and skip.
-DEBS := aria2 transmission-daemon transmission-cli qbittorrent-nox iproute2
-DEB_BINARIES := aria2c transmission-daemon transmission-remote qbittorrent-nox ip
-# `make bench tracker` also measures the npm tracker and opentracker under wrk.
+# (opentracker: the client tests' control run, and the benchmark's native ceiling.)
+DEBS := aria2 transmission-daemon transmission-cli qbittorrent-nox rtorrent opentracker iproute2
+DEB_BINARIES := aria2c transmission-daemon transmission-remote qbittorrent-nox rtorrent \
+	opentracker ip
+# `make bench` also measures the npm tracker and opentracker under wrk.
 BENCH_DEBS := wrk opentracker
 BENCH_BINARIES := wrk opentracker
 
@@ -36,6 +38,8 @@ apt:
 	    echo "installing Debian packages: $(PKGS)"; \
 	    apt-get update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PKGS) >/dev/null; \
+	    : "a systemd host would start Debian's opentracker service on 6969, our tracker's port"; \
+	    systemctl disable --now opentracker >/dev/null 2>&1 || true; \
 	  else \
 	    echo "note: $(PKGS) missing and not root: what needs them will skip"; \
 	  fi; \

@@ -269,3 +269,24 @@ def test_re_announces_wait_for_a_full_drain_membership_changes_do_not(tracker):
     assert full["peers"][peer_id(1).hex()]["uploaded"] == 10
     announce(tracker, 1, left=0)  # turned seeder: counts changed, stored at once
     assert tracker.swarms.drain(full=False).swarms[IH.hex()]["seeders"] == 1
+
+
+@pytest.mark.parametrize(
+    ("peer_id", "name"),
+    [
+        (b"-TR3000-au" + bytes(10), "-TR3000-"),
+        (b"-LT2110-" + b"x" * 12, "-LT2110-"),
+        (b"A2-1-36-0-" + bytes(10), "A2-1-36-0-"),
+        (b"M7-2-0--" + b"\xff" * 12, "M7-2-0--"),
+    ],
+)
+def test_client_names_leave_out_the_random_part(peer_id, name):
+    from app.tracker.swarm import client_name
+
+    assert client_name(peer_id) == name
+
+
+def test_a_stopping_peer_is_given_no_peers(tracker):
+    announce(tracker, 1)
+    announce(tracker, 2)
+    assert announce(tracker, 2, event="stopped")[b"peers"] == b""

@@ -97,6 +97,8 @@ class Tracker:
         if credit.snatched:
             self.directory.torrents[request.info_hash].snatches += 1
         want = self.settings.numwant_default if request.numwant is None else request.numwant
+        if peer is None:  # it stopped: it wants no peers
+            want = 0
         chosen = swarm.sample(peer, min(want, self.settings.numwant_max))
         return self._reply(swarm, chosen, request)
 

@@ -76,8 +76,15 @@ class Peer:
 
 
 def client_name(peer_id: bytes) -> str:
-    """The printable head of a peer id (`-LT2110-`, `A2-1-36-0-`), for people reading lists."""
-    head = peer_id[:10]
+    """The client part of a peer id, for people reading lists: `-LT2110-`, `A2-1-36-0-`.
+
+    Azureus-style ids (`-XXnnnn-` then random bytes) are cut after the second
+    dash; other styles keep their printable head, up to 10 characters.
+    """
+    if len(peer_id) >= 8 and peer_id[0] == peer_id[7] == 0x2D:
+        head = peer_id[:8]
+    else:
+        head = peer_id[:10]
     end = next((i for i, byte in enumerate(head) if not 0x21 <= byte <= 0x7E), len(head))
     return head[:end].decode("ascii")
 
