@@ -81,7 +81,10 @@ def parse_query(query: bytes) -> dict[bytes, list[bytes]]:
         if not pair:
             continue
         name, _, value = pair.partition(b"=")
-        params.setdefault(unquote_to_bytes(name), []).append(unquote_to_bytes(value))
+        if b"%" in name:
+            name = unquote_to_bytes(name)
+        # most values (port, left, passkey…) carry no escapes: skip the decoder for them
+        params.setdefault(name, []).append(unquote_to_bytes(value) if b"%" in value else value)
     return params
 
 
