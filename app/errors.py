@@ -306,3 +306,12 @@ def register_error_handlers(app: Flask) -> None:
         response = jsonify({"error": "internal_error", "reason": "Internal server error."})
         response.status_code = 500
         return response
+
+
+# Ingest batches (POST /api/ingest with {"listings": [...]}).
+
+
+class BatchTooLargeError(ApiError):
+    """More listings, or more files over all listings, than one batch may carry."""
+
+    status, code = 400, "batch_too_large"

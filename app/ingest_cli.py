@@ -1,11 +1,16 @@
 """`distleech ingest scan DIR…`: walk ingest volumes and ask the coordinator what landed there.
 
 Each top-level directory and each loose file of a volume is one listing
-(relative paths and sizes) sent to `POST /api/ingest`; the coordinator decides
-and records. With `--verify`, the scanner first asks which torrents match
-(a dry run), checks the data against each one's piece hashes (the .torrent
-comes from `GET /api/torrents/<info hash>/file`), and sends the listing again
-with the results, so verified, failed and unverifiable data are all recorded.
+(relative paths and sizes). Listings go to `POST /api/ingest` in batches
+(`--batch` listings per request, `--jobs` requests in flight): the
+coordinator matches and records a batch together, which costs far less than
+the same listings one by one. When the coordinator refuses a whole batch as
+malformed (or does not know batches), each of its listings is sent alone, so
+that only the bad one is reported as an error. With `--verify`, the scanner
+first asks which torrents match (a dry run), checks the data against each
+one's piece hashes (the .torrent comes from `GET /api/torrents/<info
+hash>/file`), and sends the matched listings again with the results, so
+verified, failed and unverifiable data are all recorded.
 
 It talks to the coordinator over HTTP only, so it runs wherever the volume is
 mounted: `--server` (default http://127.0.0.1:5000, or $DISTLEECH_SERVER) and
@@ -14,13 +19,11 @@ a worker token from `--token` or $DISTLEECH_TOKEN.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,78 +31,20 @@ from typing import Any
 import click
 import requests
 
+from app.ingest_parse import MAX_BATCH_LISTINGS
+from app.ingest_volume import Entry, iter_entries
 from app.torrents import parse_torrent_file
 from app.verify import NOT_VERIFIABLE, layout_for, verify_pieces
 
 DEFAULT_SERVER = "http://127.0.0.1:5000"
 TIMEOUT_SECONDS = 300
-# Files a BitTorrent client is still writing: such an entry is left for a later scan.
-PARTIAL_SUFFIXES = (".part", ".!qb", ".!ut", ".incomplete")
-ARIA2_CONTROL = ".aria2"
-
-
-@dataclasses.dataclass
-class Entry:
-    """One listing to send: a top-level directory or a loose file of a volume."""
-
-    path: Path
-    kind: str
-    files: list[tuple[str, int]]
-    skipped: str | None = None
-
-    def listing(self, **extra: Any) -> dict[str, Any]:
-        files = [{"path": rel, "size": size} for rel, size in self.files]
-        return {"path": str(self.path), "kind": self.kind, "files": files, **extra}
-
-
-def _list_directory(root: Path) -> tuple[list[tuple[str, int]], str | None]:
-    """Every regular file under root (relative posix path, size); or why to skip it."""
-    files = []
-    for directory, _, names in os.walk(root, followlinks=False):
-        for name in names:
-            path = Path(directory, name)
-            if name.lower().endswith(PARTIAL_SUFFIXES):
-                return [], f"still downloading ({path.relative_to(root)})"
-            try:
-                if not path.is_file():  # sockets, broken links
-                    continue
-                files.append((path.relative_to(root).as_posix(), path.stat().st_size))
-            except OSError:
-                continue
-    return sorted(files), None if files else "no files"
-
-
-def iter_entries(volume: Path) -> Iterator[Entry]:
-    """The volume's top-level directories and loose files, in name order.
-
-    Hidden entries are not downloads. aria2 keeps `<name>.aria2` beside a
-    download until it completes, so such an entry is skipped for now.
-    """
-    names = sorted(os.listdir(volume))
-    in_progress = {n[: -len(ARIA2_CONTROL)] for n in names if n.endswith(ARIA2_CONTROL)}
-    for name in names:
-        path = Path(os.path.abspath(volume / name))
-        if name.startswith(".") or name.endswith(ARIA2_CONTROL):
-            continue
-        if not _is_utf8(name):
-            yield Entry(path, "directory", [], skipped="the name is not UTF-8")
-        elif name in in_progress:
-            yield Entry(path, "directory", [], skipped="still downloading (aria2)")
-        elif path.is_dir() and not path.is_symlink():
-            files, skipped = _list_directory(path)
-            if any(not _is_utf8(rel) for rel, _ in files):
-                files, skipped = [], "a file name is not UTF-8"
-            yield Entry(path, "directory", files, skipped)
-        elif path.is_file():
-            yield Entry(path, "file", [(name, path.stat().st_size)])
-
-
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # os.listdir keeps undecodable bytes as surrogates
-        return False
-    return True
+DEFAULT_BATCH = 25
+# Files per request: a batch closes early at this many, so that request bodies stay
+# small (a listing with more goes alone); the coordinator allows up to 100,000.
+BATCH_FILES = 20_000
+# A batch refused with these is malformed (or the coordinator predates batches):
+# each listing is then sent alone.
+REFUSED_AS_A_WHOLE = (400, 413)
 
 
 class Coordinator:
@@ -124,6 +69,16 @@ class Coordinator:
         )
         return _json_or_raise(response)
 
+    def ingest_batch(self, listings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The coordinator's reports on a batch of listings, in order."""
+        response = self.session.post(
+            f"{self.server}/api/ingest", json={"listings": listings}, timeout=TIMEOUT_SECONDS
+        )
+        reports = _json_or_raise(response).get("reports")
+        if not isinstance(reports, list) or len(reports) != len(listings):
+            raise ValueError("the coordinator's answer to a batch has no report per listing")
+        return [dict(report) for report in reports]
+
     def torrent_file(self, info_hash: str) -> bytes:
         response = self.session.get(
             f"{self.server}/api/torrents/{info_hash}/file", timeout=TIMEOUT_SECONDS
@@ -138,7 +93,7 @@ class ApiCallError(Exception):
 
     def __init__(self, status: int, code: str, reason: str) -> None:
         super().__init__(f"{status} {code}: {reason}")
-        self.code = code
+        self.status, self.code = status, code
 
 
 def _json_or_raise(response: requests.Response) -> dict[str, Any]:
@@ -151,21 +106,62 @@ def _json_or_raise(response: requests.Response) -> dict[str, Any]:
     return dict(body)
 
 
+Outcome = dict[str, Any] | Exception
+
+
+def _attempt(call: Callable[..., Any], *args: Any) -> Any:
+    """The call's result, or the error that makes one entry fail (not the whole scan)."""
+    try:
+        return call(*args)
+    except requests.ConnectionError:
+        raise  # the coordinator is unreachable: nothing else will get through either
+    except (ApiCallError, requests.RequestException, ValueError) as exc:
+        return exc
+
+
 class Scanner:
-    """Sends each entry's listing, verifying matches first when asked."""
+    """Sends entries' listings in batches, verifying matches first when asked."""
 
     def __init__(self, coordinator: Coordinator, *, verify: bool, dry_run: bool) -> None:
         self.coordinator = coordinator
         self.verify, self.dry_run = verify, dry_run
         self._verify_lock = threading.Lock()  # one verification at a time: one disk, one bar
 
-    def scan(self, entry: Entry) -> dict[str, Any]:
-        """The coordinator's report on one entry (a dry run first when verifying)."""
-        report = self.coordinator.ingest(entry.listing(dry_run=self.verify or self.dry_run))
-        if not self.verify or not report["matched"]:
-            return report
-        verified = {m["info_hash"]: self._verify(entry, m) for m in report["matched"]}
-        return self.coordinator.ingest(entry.listing(verified=verified, dry_run=self.dry_run))
+    def scan(self, entries: list[Entry]) -> list[Outcome]:
+        """The coordinator's report on each entry, or the error it ran into, in order.
+
+        When verifying, the first batch is a dry run; the matched entries are
+        verified and sent again, as a second batch, with the results.
+        """
+        outcomes = self._send([e.listing(dry_run=self.verify or self.dry_run) for e in entries])
+        if not self.verify:
+            return outcomes
+        again: list[tuple[int, dict[str, Any]]] = []
+        for i, (entry, outcome) in enumerate(zip(entries, outcomes, strict=True)):
+            if isinstance(outcome, dict) and outcome["matched"]:
+                verified = _attempt(self._verify_all, entry, outcome)
+                if isinstance(verified, Exception):
+                    outcomes[i] = verified
+                else:
+                    again.append((i, entries[i].listing(verified=verified, dry_run=self.dry_run)))
+        if again:
+            for (i, _), outcome in zip(again, self._send([li for _, li in again]), strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    def _send(self, listings: list[dict[str, Any]]) -> list[Outcome]:
+        """Send listings as one batch; when it is refused as a whole, each alone."""
+        if len(listings) == 1:
+            return [_attempt(self.coordinator.ingest, listings[0])]
+        reports = _attempt(self.coordinator.ingest_batch, listings)
+        if not isinstance(reports, Exception):
+            return list(reports)
+        if not (isinstance(reports, ApiCallError) and reports.status in REFUSED_AS_A_WHOLE):
+            return [reports] * len(listings)
+        return [_attempt(self.coordinator.ingest, li) for li in listings]
+
+    def _verify_all(self, entry: Entry, report: dict[str, Any]) -> dict[str, Any]:
+        return {m["info_hash"]: self._verify(entry, m) for m in report["matched"]}
 
     def _verify(self, entry: Entry, match: dict[str, Any]) -> dict[str, Any]:
         if not match["has_torrent_file"]:
@@ -253,7 +249,18 @@ def ingest() -> None:
 @click.option("--verify", is_flag=True, help="Check matches against their piece hashes.")
 @click.option("--dry-run", is_flag=True, help="Report what would be recorded; record nothing.")
 @click.option(
-    "--jobs", type=click.IntRange(1, 64), default=4, show_default=True, help="Listings at once."
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Requests (batches) in flight at once.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, MAX_BATCH_LISTINGS),
+    default=DEFAULT_BATCH,
+    show_default=True,
+    help="Listings per request (fewer when they hold many files).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON report per line.")
 def scan(
@@ -263,6 +270,7 @@ def scan(
     verify: bool,
     dry_run: bool,
     jobs: int,
+    batch: int,
     as_json: bool,
 ) -> None:
     """Send each top-level directory and loose file of the VOLUMES as a listing.
@@ -273,27 +281,45 @@ def scan(
     counts: Counter[str] = Counter()
     entries = (entry for volume in volumes for entry in iter_entries(volume))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for entry, outcome in pool.map(lambda e: (e, _scan_one(scanner, e)), entries):
-            counts[_echo(entry, outcome, as_json)] += 1
+        for group, outcomes in pool.map(
+            lambda g: (g, _scan_batch(scanner, g)), batches(entries, batch)
+        ):
+            for entry, outcome in zip(group, outcomes, strict=True):
+                counts[_echo(entry, outcome, as_json)] += 1
     summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
     click.echo(f"{sum(counts.values())} entries: {summary or 'none'}", err=True)
     if counts["error"]:
         sys.exit(1)
 
 
-def _scan_one(scanner: Scanner, entry: Entry) -> dict[str, Any] | Exception | None:
-    """The report on one entry, the error it ran into, or None when it was skipped."""
-    if entry.skipped:
-        return None
+def batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
+    """Group entries in order: `size` listings to send (skipped ones ride along), or fewer
+    when they hold more than BATCH_FILES files."""
+    group: list[Entry] = []
+    listings = files = 0
+    for entry in entries:
+        full = listings == size or files + len(entry.files) > BATCH_FILES
+        if not entry.skipped and listings and full:
+            yield group
+            group, listings, files = [], 0, 0
+        group.append(entry)
+        if not entry.skipped:
+            listings, files = listings + 1, files + len(entry.files)
+    if group:
+        yield group
+
+
+def _scan_batch(scanner: Scanner, group: list[Entry]) -> list[Outcome | None]:
+    """Each entry's report, the error it ran into, or None when it was skipped."""
+    sent = [entry for entry in group if not entry.skipped]
     try:
-        return scanner.scan(entry)
+        reports = iter(scanner.scan(sent) if sent else [])
     except requests.ConnectionError as exc:
         raise click.ClickException(f"cannot reach {scanner.coordinator.server}: {exc}") from None
-    except (ApiCallError, requests.RequestException, ValueError) as exc:
-        return exc
+    return [None if entry.skipped else next(reports) for entry in group]
 
 
-def _echo(entry: Entry, outcome: dict[str, Any] | Exception | None, as_json: bool) -> str:
+def _echo(entry: Entry, outcome: Outcome | None, as_json: bool) -> str:
     """Print one entry's outcome; return what it counts as in the summary."""
     record: dict[str, Any]
     if outcome is None:

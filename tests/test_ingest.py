@@ -26,8 +26,8 @@ from torrent_factories import (
 
 from app.downloads import task_doc_id
 from app.events import rebuild_projections
-from app.ingest import LISTING_VALIDATOR, is_plainly_valid
 from app.ingest_cli import ingest as ingest_group
+from app.ingest_parse import LISTING_VALIDATOR, is_plainly_valid
 from app.torrents import torrent_doc_id
 
 OPS = "orpheus.network"

@@ -1,9 +1,9 @@
-"""The torrent registry and ingest matching over HTTP.
+"""The torrent registry over HTTP.
 
 Every endpoint here is for workers (a worker token, or an admin; anonymous
 callers too when `auth.anonymous_workers` is on): the metadata and download
-workers upload what they learn, the ingest scanner sends listings, and a
-reseeding worker asks where a torrent's files live.
+workers upload what they learn, and a reseeding worker asks where a
+torrent's files live. The ingest scanner's listings go to app/api/ingest.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Request, Response, jsonify, request
 
-from app import ingest, torrents
+from app import torrents
 from app.auth import WORKER, current_principal, requires
 from app.downloads import TorrentRef
 from app.errors import InvalidReasonError, MissingFieldError, ValidationFailedError
@@ -190,18 +190,4 @@ def mark_unavailable_by_site(site: str, torrent_id: str) -> Response:
     report = torrents.mark_site_torrent_unavailable(
         ctx.db, ref, reason, actor=_actor(), now=ctx.clock()
     )
-    return jsonify(report)
-
-
-@bp.post("/api/ingest")
-@requires(WORKER)
-def ingest_listing() -> Response:
-    """Match one directory's (or loose file's) listing; record matches. Who: worker/admin.
-
-    JSON {"path", "kind": "directory"|"file", "files": [{"path", "size"}],
-    "verified": {<info hash>: {"status", "piece"?, …}}, "dry_run": false}.
-    """
-    listing = ingest.parse_listing(json_body(request))
-    ctx = context()
-    report = ingest.ingest_listing(ctx.db, listing, actor=_actor(), now=ctx.clock())
     return jsonify(report)
