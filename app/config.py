@@ -89,8 +89,12 @@ class TrackerSettings:
     min_interval_seconds: int = 900
     numwant_default: int = 50
     numwant_max: int = 200
+    max_peers_per_user: int = 5  # clients of one account in one swarm (seedboxes, a laptop…)
+    full_scrape: bool = False  # a scrape naming no info_hash lists every tracked torrent
+    idle_seconds: float = 60.0  # a connection silent this long is closed (clients reconnect)
     flush_seconds: float = 1.0  # write-behind: how late swarm membership and totals may be
-    refresh_seconds: float = 30.0  # how late peers' counters and last-seen times may be stored
+    # how late peers' counters and last-seen times may be stored (at most half the interval)
+    refresh_seconds: float = 30.0
     peers_database: str = ""  # empty: "<couchdb.database>_peers"; never replicated
 
 
@@ -128,6 +132,8 @@ SCHEMA = _schema_for(Settings)
 SCHEMA["properties"]["server"]["properties"]["port"]["maximum"] = 65535
 SCHEMA["properties"]["couchdb"]["properties"]["database"]["pattern"] = "^[a-z][a-z0-9_$()+/-]*$"
 SCHEMA["properties"]["tracker"]["properties"]["port"]["maximum"] = 65535
+for _key in ("interval_seconds", "min_interval_seconds", "max_peers_per_user"):
+    SCHEMA["properties"]["tracker"]["properties"][_key]["minimum"] = 1
 SCHEMA["properties"]["tracker"]["properties"]["peers_database"]["pattern"] = (
     "^$|^[a-z][a-z0-9_$()+/-]*$"
 )

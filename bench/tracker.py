@@ -420,6 +420,9 @@ def our_tracker(work: Path, load: Load, prepared: dict[str, Any]) -> Iterator[Tr
         port = bundled.free_port()
         env = app_env(url, DATABASE, work)
         env.update(DISTLEECH_TRACKER__PORT=str(port), DISTLEECH_TRACKER__HOST="127.0.0.1")
+        # The load gives each of its 100 users up to ~15 clients in the busiest swarm;
+        # the per-account cap (a dict lookup either way) must not refuse them.
+        env.update(DISTLEECH_TRACKER__MAX_PEERS_PER_USER="1000")
         cmd = distleech_command("tracker", "serve", "--host", "127.0.0.1", "--port", str(port))
         with _spawn(
             cmd, work / "our-tracker.log", "distleech tracker serve", env=env, port=port

@@ -137,6 +137,11 @@ def test_the_peers_of_a_swarm(client, admin, peers_db, clock):
         404,
         "torrent_not_tracked",
     )
+    stored = peers_db.get(f"swarm:{IH1}")
+    peers_db.delete(stored["_id"], stored["_rev"])
+    make_swarm(peers_db, IH1, {"-lt2110-dddddddddddd": {"ip6": "::1", "port6": 7001}}, now=clock())
+    [dual] = client.get(f"/api/torrent/{IH1}/peers", headers=admin).get_json()["peers"]
+    assert (dual["ip"], dual["ip6"], dual["port6"]) == ("127.0.0.2", "::1", 7001)
 
 
 # ---------------------------------------------------------------- users

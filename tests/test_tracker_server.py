@@ -88,7 +88,8 @@ def test_http_1_0_without_host_and_pipelined_keep_alive(trackers, member):
     reply = raw_exchange(tracker.port, f"GET /announce?{query} HTTP/1.0\r\n\r\n".encode())
     assert reply.startswith(b"HTTP/1.1 200") and b"Connection: close" in reply
     assert b"8:completei1e" in reply
-    two = f"GET /scrape?passkey={member} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    two = f"GET /scrape?info_hash={'%AB' * 20}&passkey={member} HTTP/1.1\r\nHost: t\r\n\r\n"
+    two = two.encode()
     last = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     replies = raw_exchange(tracker.port, two + two + last)
     assert replies.count(b"HTTP/1.1 200") == 3 and replies.count(b"5:files") == 2
@@ -170,3 +171,41 @@ def test_the_scheduler_reaps_stale_peers_while_no_tracker_runs(db, peers_db, mak
     assert list(swarm["peers"]) == [b"-LT2110-new".hex()] and swarm["seeders"] == 1
     assert reap(db, now + timedelta(hours=2)) == 1
     assert peersdb.get_swarm(peers_db, IH) is None
+
+
+def test_a_clean_shutdown_closes_keep_alive_connections_and_writes_their_announces(
+    db, peers_db, trackers, member
+):
+    import requests
+
+    tracker = trackers(flush_seconds=3600)  # only the shutdown's final write can store
+    session = requests.Session()  # one keep-alive connection for every announce
+    query = f"info_hash={'%AB' * 20}&peer_id={'-LT2110-' + 'k' * 12}&port=7&passkey={member}"
+    for step in ("&left=10&uploaded=0&event=started", "&left=0&uploaded=5000"):
+        assert session.get(f"{tracker.base}/announce?{query}{step}", timeout=5).ok
+    assert tracker.stop(signal.SIGTERM) == 0
+    user = accounts.get_tracker_user(db, 7)
+    assert (user["uploaded"], user["snatches"]) == (5000, 1)
+    assert stored_peers(peers_db) == {b"-LT2110-" + b"k" * 12}
+
+
+def test_oversized_and_idle_connections_are_closed(trackers, member):
+    tracker = trackers(idle_seconds=1, interval_seconds=4)
+    reply = raw_exchange(tracker.port, b"GET /announce?" + b"x" * 20_000 + b" HTTP/1.1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 414")
+    with socket.create_connection(("127.0.0.1", tracker.port), timeout=10) as sock:
+        sock.sendall(b"GET /announce?passkey=")  # never finished
+        assert sock.recv(100) == b""  # closed by the tracker, not by our timeout
+    assert tracker.announce(IH, PEER_A, member)[b"complete"] == 1  # and it still answers
+
+
+def test_deleting_a_user_drops_their_peers(db, clock, trackers, member):
+    tracker = trackers()
+    _, other = accounts.register_user(db, 8, name="eve", actor="test", now=clock())
+    wait_for(lambda: b"complete" in tracker.announce(IH, PEER_B, other), 10, "eve to be known")
+    accounts.delete_user(db, 8, actor="test", now=clock())
+    wait_for(
+        lambda: tracker.announce(IH, PEER_A, member, left=10)[b"peers"] == b"",
+        10,
+        "eve's peer to go with her account",
+    )

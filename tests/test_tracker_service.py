@@ -4,6 +4,7 @@ The directory is filled with projection documents exactly as the tracker reads
 them from CouchDB (app.tracker.directory), so these are the tracker's real inputs.
 """
 
+import dataclasses
 import hashlib
 from urllib.parse import quote_from_bytes
 
@@ -52,7 +53,9 @@ def directory():
 
 @pytest.fixture
 def tracker(directory, clock):
-    settings = TrackerSettings(interval_seconds=60, min_interval_seconds=30, numwant_max=5)
+    settings = TrackerSettings(
+        interval_seconds=60, min_interval_seconds=30, numwant_max=5, max_peers_per_user=30
+    )
     return Tracker(settings, directory, Swarms(), clock)
 
 
@@ -223,7 +226,14 @@ def test_scrape_reports_registered_torrents(tracker):
     announce(tracker, 2, left=5)
     expected = {IH: {b"complete": 1, b"downloaded": 1, b"incomplete": 1}}
     assert scrape(tracker, IH, OTHER_IH) == {b"files": expected}
-    assert scrape(tracker) == {b"files": expected}  # no info_hash: every torrent
+    assert b"full scrape is off" in scrape(tracker)[b"failure reason"]
+    full = Tracker(
+        dataclasses.replace(tracker.settings, full_scrape=True),
+        tracker.directory,
+        tracker.swarms,
+        tracker.clock,
+    )
+    assert scrape(full) == {b"files": expected}  # no info_hash: every torrent
     assert b"unknown passkey" in scrape(tracker, IH, passkey="x" * 32)[b"failure reason"]
 
 
@@ -290,3 +300,42 @@ def test_a_stopping_peer_is_given_no_peers(tracker):
     announce(tracker, 1)
     announce(tracker, 2)
     assert announce(tracker, 2, event="stopped")[b"peers"] == b""
+
+
+def test_a_peer_id_belongs_to_the_account_that_announced_it(tracker, directory):
+    """Other members see peer ids in replies: they must not stop, move or take over a peer."""
+    announce(tracker, 1, left=100, event="started", uploaded=0)
+    thief = {"passkey": LEECHLESS_PK, "pid": peer_id(1)}
+    for attempt in ({"event": "stopped"}, {"left": 0, "ip": "10.6.6.6", "uploaded": 999}):
+        reply = announce(tracker, 7, **thief, **attempt)
+        assert "peer id in use by another account" in reply[b"failure reason"].decode()
+    assert directory.torrents[IH].snatches == 0
+    assert tracker.swarms.drain().transfers == {}
+    assert compact_ports(announce(tracker, 2)) == [6882]  # still there, at its address
+
+
+def test_clients_per_account_and_swarm_are_capped(tracker):
+    for n in range(30):
+        assert b"failure reason" not in announce(tracker, n)
+    refused = announce(tracker, 31)
+    assert "too many clients of this account" in refused[b"failure reason"].decode()
+    announce(tracker, 0, event="stopped")
+    assert b"failure reason" not in announce(tracker, 31)
+
+
+def test_a_dual_stack_client_is_one_peer_with_two_addresses(tracker, directory):
+    announce(tracker, 1, left=100, event="started", ip="127.0.0.2")
+    announce(tracker, 1, left=100, event="started", ip="::1")
+    announce(tracker, 1, left=0, ip="127.0.0.2", uploaded=50)
+    announce(tracker, 1, left=0, ip="::1", uploaded=50)
+    reply = announce(tracker, 2)
+    assert (reply[b"complete"], reply[b"incomplete"]) == (1, 1)
+    assert compact_ports(reply) == [6882] and compact_ports(reply, b"peers6") == [6882]
+    assert directory.torrents[IH].snatches == 1
+    assert tracker.swarms.drain().transfers == {1: (50, 0)}
+
+
+def test_a_stop_from_an_unknown_peer_leaves_nothing_behind(tracker):
+    announce(tracker, 1, event="stopped")
+    assert tracker.swarms.get(IH) is None
+    assert tracker.swarms.drain().swarms == {}

@@ -124,7 +124,7 @@ def torrent_peers(info_hash: str) -> Response:
 
 def _public_peer(peer_id: str, peer: dict[str, Any]) -> dict[str, Any]:
     last_seen = peer.get("last_seen")
-    return {
+    public = {
         "peer_id": peer_id,
         "user_id": peer.get("user_id"),
         "client": peer.get("client"),
@@ -136,6 +136,9 @@ def _public_peer(peer_id: str, peer: dict[str, Any]) -> dict[str, Any]:
         "downloaded": peer.get("downloaded"),
         "last_seen": iso(datetime.fromtimestamp(float(last_seen), UTC)) if last_seen else None,
     }
+    if peer.get("ip6"):  # a dual-stack client: its IPv6 address too
+        public["ip6"], public["port6"] = peer["ip6"], peer.get("port6")
+    return public
 
 
 @bp.get("/api/counts")

@@ -4,6 +4,8 @@ The management API (web app) records them as events in the main database; the
 tracker loads their projections at start and then follows `_changes` (filter
 `tracker/directory`), so an announce never reads CouchDB. A registration made
 through the API reaches the tracker as soon as the change feed delivers it.
+The feed is read in a thread, but the changes are applied on the event loop
+(the server passes `apply`): the directory has one writer, the loop.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import dataclasses
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from app.couch import CouchError, Database
+from app.couch import Database
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,14 @@ PREFIXES = ("tracked:", "trackeruser:", "whitelist:")
 class Member:
     user_id: int
     can_leech: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Gone:
+    """A registration that ended: its peers must go too."""
+
+    user_id: int | None = None
+    info_hash: bytes | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -60,39 +71,45 @@ class Directory:
         """An empty whitelist allows every client; else the peer id must start with a prefix."""
         return not self.whitelist or peer_id.startswith(self.whitelist)
 
-    def apply(self, doc: Doc) -> None:
-        """Take one projection document (or its deletion) into account."""
+    def apply(self, doc: Doc) -> Gone | None:
+        """Take one projection document (or its deletion) into account.
+
+        Returns what stopped being allowed, so the caller can drop its peers.
+        """
         doc_id = doc.get("_id", "")
         if doc_id.startswith("tracked:"):
-            self._apply_torrent(doc)
-        elif doc_id.startswith("trackeruser:"):
-            self._apply_user(doc)
-        elif doc_id.startswith("whitelist:"):
+            return self._apply_torrent(doc)
+        if doc_id.startswith("trackeruser:"):
+            return self._apply_user(doc)
+        if doc_id.startswith("whitelist:"):
             self._apply_whitelist(doc)
+        return None
 
-    def _apply_torrent(self, doc: Doc) -> None:
+    def _apply_torrent(self, doc: Doc) -> Gone | None:
         try:
             info_hash = bytes.fromhex(doc["_id"].split(":", 1)[1])
         except ValueError:
-            return
+            return None
         if doc.get("registered") and not doc.get("_deleted"):
             # The projection lags our own in-memory count until the write-behind lands;
             # only this tracker records snatches, so the larger count is the right one.
             known = self.torrents.get(info_hash)
             snatches = max(int(doc.get("snatches", 0)), known.snatches if known else 0)
             self.torrents[info_hash] = Tracked(doc.get("torrent_id"), snatches)
-        else:
-            self.torrents.pop(info_hash, None)
+            return None
+        return Gone(info_hash=info_hash) if self.torrents.pop(info_hash, None) else None
 
-    def _apply_user(self, doc: Doc) -> None:
+    def _apply_user(self, doc: Doc) -> Gone | None:
         user_id = int(doc.get("user_id", doc["_id"].split(":", 1)[1]))
-        self._seen = {}  # any user change may retire a passkey: forget the shortcuts
         old = self._passkey_of.pop(user_id, None)
         if old is not None:
             self.members.pop(old, None)
+        self._seen = {}  # any user change may retire a passkey: forget the shortcuts
         if doc.get("active") and doc.get("passkey_sha256") and not doc.get("_deleted"):
             self.members[doc["passkey_sha256"]] = Member(user_id, bool(doc.get("can_leech")))
             self._passkey_of[user_id] = doc["passkey_sha256"]
+            return None
+        return Gone(user_id=user_id) if old is not None else None
 
     def _apply_whitelist(self, doc: Doc) -> None:
         prefix = doc["_id"].split(":", 1)[1]
@@ -114,26 +131,42 @@ def load_directory(db: Database) -> Directory:
 
 
 def follow_directory(
-    db: Database, directory: Directory, stop: threading.Event, *, poll_seconds: float = 0.25
+    db: Database,
+    directory: Directory,
+    stop: threading.Event,
+    *,
+    apply: Callable[[list[Doc]], None] | None = None,
+    poll_seconds: float = 0.25,
 ) -> None:
-    """Apply registration changes until `stop` is set (run in a thread).
+    """Hand registration changes to `apply` until `stop` is set (run in a thread).
 
-    A short normal poll rather than a long-poll feed: pouchdb-server ignores
-    the long-poll `timeout`, and a quick poll answers within a quarter second
-    on both servers while costing one small request.
+    Without `apply` they go straight into the directory. A short normal poll
+    rather than a long-poll feed: pouchdb-server ignores the long-poll
+    `timeout`, and a quick poll answers within a quarter second on both
+    servers while costing one small request. Any error is logged and retried:
+    a dead follower would leave the tracker with a stale directory.
     """
     while not stop.is_set():
         try:
             feed = db.changes(
                 since=directory.seq, filter="tracker/directory", include_docs="true", limit=1000
             )
-        except CouchError as error:
-            log.warning("tracker directory: reading changes failed: %s", error)
+            rows = feed.get("results", [])
+            docs = [row.get("doc") or {"_id": row["id"], "_deleted": True} for row in rows]
+            if docs:
+                (apply or _apply_all(directory))(docs)
+            directory.seq = feed.get("last_seq", directory.seq)
+        except Exception as error:  # logged and retried: the follower must not die
+            log.warning("tracker directory: following changes failed: %s", error)
             stop.wait(5)
             continue
-        for row in feed.get("results", []):
-            doc = row.get("doc") or {"_id": row["id"], "_deleted": True}
-            directory.apply(doc)
-        directory.seq = feed.get("last_seq", directory.seq)
-        if len(feed.get("results", [])) < 1000:
+        if len(rows) < 1000:
             stop.wait(poll_seconds)
+
+
+def _apply_all(directory: Directory) -> Callable[[list[Doc]], None]:
+    def apply(docs: list[Doc]) -> None:
+        for doc in docs:
+            directory.apply(doc)
+
+    return apply

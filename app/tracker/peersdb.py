@@ -12,6 +12,8 @@ and peer lists from the same documents.
      "peers": {"<peer_id as hex>": {"user_id": 7, "ip": "127.0.0.2", "port": 6881,
                "left": 0, "uploaded": 0, "downloaded": 0, "last_seen": 1763700000.0,
                "client": "-LT2110-"}}}
+
+A client that announced over both IPv4 and IPv6 has `ip6`/`port6` too.
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ def list_swarms(peers_db: Database) -> Iterator[Doc]:
 def swarm_counts(peers_db: Database) -> dict[str, tuple[int, int]]:
     """(seeders, leechers) of every stored swarm, by info hash."""
     return {
-        doc["info_hash"]: (int(doc.get("seeders", 0)), int(doc.get("leechers", 0)))
-        for doc in list_swarms(peers_db)
+        row["key"]: (int(row["value"][0]), int(row["value"][1]))
+        for row in peers_db.iter_view("swarms", "counts")
     }
 
 

@@ -33,48 +33,73 @@ from app.tracker.directory import follow_directory, load_directory
 from app.tracker.peersdb import init_peers_database, list_swarms, open_peers_database
 from app.tracker.protocol import normalize_ip
 from app.tracker.service import Tracker
-from app.tracker.swarm import Swarms
+from app.tracker.swarm import Doc, Flush, Swarms
 from app.tracker.writer import WriteBehind
 
 log = logging.getLogger(__name__)
 
-REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
+REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    414: b"URI Too Long",
+    500: b"Internal Server Error",
+}
+MAX_TARGET_BYTES = 8192  # an announce is ~300 bytes; a scrape of 100 hashes ~6 KB
 
 
 class TrackerProtocol(asyncio.Protocol):
     """One client connection: parse requests as they arrive, answer each in order."""
 
-    def __init__(self, tracker: Tracker) -> None:
-        self.tracker = tracker
+    def __init__(self, tracker: Tracker, connections: dict[TrackerProtocol, float]) -> None:
+        self.tracker, self.connections = tracker, connections
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.ip = "127.0.0.1"
-        self.url = b""
+        self.parts: list[bytes] = []
+        self.size = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
+        self.connections[self] = time.monotonic()
         peer = transport.get_extra_info("peername")
         if peer:
             self.ip = normalize_ip(peer[0])
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.pop(self, None)
+
     def data_received(self, data: bytes) -> None:
+        self.connections[self] = time.monotonic()
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if self.transport is not None and self.transport.is_closing():
+                return  # we refused it ourselves (a target too long) and closed
+            log.exception("tracker: a request failed")  # our bug, not the client's
+            self._send(500, b"internal error", keep_alive=False)
         except httptools.HttpParserError:
             self._send(400, b"malformed HTTP request", keep_alive=False)
 
     def on_message_begin(self) -> None:
-        self.url = b""
+        self.parts, self.size = [], 0
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        self.size += len(url)
+        if self.size > MAX_TARGET_BYTES:
+            self._send(414, b"request target too long", keep_alive=False)
+            raise ValueError("request target too long")  # stops the parser; we closed
+        self.parts.append(url)
 
     def on_message_complete(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
         method = self.parser.get_method()
         if method not in (b"GET", b"HEAD"):
             status, body = 405, b"method not allowed: announce and scrape are GET requests"
         else:
-            status, body = self.tracker.handle(self.url, self.ip)
+            status, body = self.tracker.handle(b"".join(self.parts), self.ip)
         self._send(status, body if method != b"HEAD" else b"", self.parser.should_keep_alive())
 
     def _send(self, status: int, body: bytes, keep_alive: bool) -> None:
@@ -91,6 +116,10 @@ class TrackerProtocol(asyncio.Protocol):
         if not keep_alive:
             self.transport.close()
 
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
 
 class TrackerProcess:
     """The state, the background work and the sockets of one running tracker."""
@@ -100,10 +129,14 @@ class TrackerProcess:
         self.stop_follow = threading.Event()
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="write-behind")
         self.swarms = Swarms()
+        self.connections: dict[TrackerProtocol, float] = {}  # open ones, by last activity
         self.writer = WriteBehind(db, peers_db, clock=utcnow)
-        self.max_age = (
-            2 * settings.tracker.interval_seconds
-        )  # no announce within twice the interval
+        # a peer is stale when it has not announced within twice the interval; its stored
+        # last-seen time must be fresher than that, or the reaper job would drop it
+        self.max_age = 2 * settings.tracker.interval_seconds
+        self.refresh_seconds = min(
+            settings.tracker.refresh_seconds, settings.tracker.interval_seconds / 2
+        )
         init_peers_database(peers_db)
         self.directory = load_directory(db)
         self.tracker = Tracker(settings.tracker, self.directory, self.swarms)
@@ -117,15 +150,21 @@ class TrackerProcess:
         log.info("tracker: %d peers in %d swarms restored", loaded, len(docs))
 
     async def serve(self, ready: Callable[[list[str]], None] | None = None) -> None:
-        """Listen until cancelled or signalled, then write everything behind and return."""
+        """Listen until SIGINT/SIGTERM, then close every connection, write all behind, return."""
         loop = asyncio.get_running_loop()
         follower = threading.Thread(
-            target=follow_directory, args=(self.db, self.directory, self.stop_follow), daemon=True
+            target=follow_directory,
+            args=(self.db, self.directory, self.stop_follow),
+            kwargs={"apply": lambda docs: loop.call_soon_threadsafe(self.apply_changes, docs)},
+            daemon=True,
         )
         follower.start()
         hosts = [h.strip() for h in self.settings.tracker.host.split(",") if h.strip()]
         server = await loop.create_server(
-            lambda: TrackerProtocol(self.tracker), hosts, self.settings.tracker.port, backlog=1024
+            lambda: TrackerProtocol(self.tracker, self.connections),
+            hosts,
+            self.settings.tracker.port,
+            backlog=1024,
         )
         stopping = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -142,13 +181,31 @@ class TrackerProcess:
         try:
             await stopping.wait()
         finally:
-            server.close()
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await loop.run_in_executor(self.executor, self.final_flush)
-            self.stop_follow.set()
-            self.executor.shutdown()
+            await self._shut_down(server, background)
+
+    async def _shut_down(
+        self, server: asyncio.Server, background: list[asyncio.Task[None]]
+    ) -> None:
+        """Stop taking announces (open keep-alive connections too), then write the rest."""
+        server.close()
+        for connection in list(self.connections):
+            connection.close()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        flush = self.swarms.drain()  # on the loop: nothing can change it any more
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.final_write, flush)
+        self.stop_follow.set()
+        self.executor.shutdown()
+
+    def apply_changes(self, docs: list[Doc]) -> None:
+        """Registration changes, on the loop: a deleted user's or torrent's peers go at once."""
+        for doc in docs:
+            gone = self.directory.apply(doc)
+            if gone is not None and gone.user_id is not None:
+                self.swarms.forget_user(gone.user_id)
+            elif gone is not None and gone.info_hash is not None:
+                self.swarms.forget_swarm(gone.info_hash)
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -156,7 +213,7 @@ class TrackerProcess:
         last_full = time.monotonic()
         while True:
             await asyncio.sleep(section.flush_seconds)
-            full = time.monotonic() - last_full >= section.refresh_seconds
+            full = time.monotonic() - last_full >= self.refresh_seconds
             last_full = time.monotonic() if full else last_full
             flush = self.swarms.drain(full=full)
             if not (flush or self.writer.pending):
@@ -167,19 +224,23 @@ class TrackerProcess:
                 log.exception("tracker: write-behind failed")
 
     async def _reap_loop(self) -> None:
-        period = min(max(self.settings.tracker.interval_seconds / 4, 1), 60)
+        """Drop stale peers, and close connections idle or stuck mid-request for too long."""
+        section = self.settings.tracker
+        period = min(max(section.interval_seconds / 4, 1), 10, section.idle_seconds)
         while True:
             await asyncio.sleep(period)
             if reaped := self.swarms.reap(time.time(), self.max_age):
                 log.info("tracker: %d stale peers dropped", reaped)
+            cutoff = time.monotonic() - section.idle_seconds
+            for connection in [c for c, seen in self.connections.items() if seen < cutoff]:
+                connection.close()
 
-    def final_flush(self) -> None:
+    def final_write(self, flush: Flush) -> None:
         """On a clean shutdown nothing is lost: write until it all went, trying a few times."""
-        flush = self.swarms.drain()
         for attempt in range(5):
             if self.writer.write(flush) and not self.writer.pending:
                 return
-            flush = self.swarms.drain()
+            flush = Flush({}, {}, [])  # the writer kept what failed; retry just that
             time.sleep(0.5 * (attempt + 1))
         log.error("tracker: could not write the last changes behind; announces will rebuild them")
 

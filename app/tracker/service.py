@@ -77,6 +77,11 @@ class Tracker:
             )
         if request.left and not member.can_leech and request.event != b"stopped":
             raise RefusedError("this account may not leech: you can only seed (left=0) here")
+        problem = self.swarms.check_peer(
+            request.info_hash, request.peer_id, member.user_id, self.settings.max_peers_per_user
+        )
+        if problem:
+            raise RefusedError(problem)
 
     def announce(self, request: Announce, remote_ip: str) -> bytes:
         """Record the announce and reply with other peers of the swarm."""
@@ -94,8 +99,9 @@ class Tracker:
             event=request.event,
             now=self.clock(),
         )
-        if credit.snatched:
-            self.directory.torrents[request.info_hash].snatches += 1
+        tracked = self.directory.torrents.get(request.info_hash)
+        if credit.snatched and tracked is not None:
+            tracked.snatches += 1
         want = self.settings.numwant_default if request.numwant is None else request.numwant
         if peer is None:  # it stopped: it wants no peers
             want = 0
@@ -104,15 +110,16 @@ class Tracker:
 
     def _reply(self, swarm: Swarm, chosen: list[Peer], request: Announce) -> bytes:
         if request.compact:
-            peers4 = b"".join([p.compact for p in chosen if not p.v6])
-            peers6 = b"".join([p.compact for p in chosen if p.v6])
+            peers4 = b"".join([p.compact4 for p in chosen])
+            peers6 = b"".join([p.compact6 for p in chosen])
             return self._encode(swarm, peers4, peers6)
         listed: list[dict[bytes, object]] = []
         for p in chosen:
-            entry: dict[bytes, object] = {b"ip": p.ip.encode(), b"port": p.port}
-            if not request.no_peer_id:
-                entry[b"peer id"] = p.peer_id
-            listed.append(entry)
+            for ip, port in p.addresses():
+                entry: dict[bytes, object] = {b"ip": ip.encode(), b"port": port}
+                if not request.no_peer_id:
+                    entry[b"peer id"] = p.peer_id
+                listed.append(entry)
         return self._encode(swarm, listed, b"")
 
     def _encode(
@@ -131,6 +138,8 @@ class Tracker:
         """BEP 48 counts for the registered torrents asked for (all when none are named)."""
         self.check_member(passkey)
         torrents = self.directory.torrents
+        if not info_hashes and not self.settings.full_scrape:
+            raise RefusedError("full scrape is off: name each torrent's info_hash")
         wanted = info_hashes or list(torrents)
         files = []
         for info_hash in wanted:

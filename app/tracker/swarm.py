@@ -28,51 +28,70 @@ Doc = dict[str, Any]
 
 
 class Peer:
-    """One client in one swarm, as of its last announce."""
+    """One client in one swarm, as of its last announce.
+
+    A dual-stack client announces over IPv4 and IPv6 with one peer id: it is one
+    peer with an address in each family (given out in `peers` and `peers6`),
+    so its counters and its snatch count once.
+    """
 
     __slots__ = (
         "peer_id",
         "user_id",
-        "ip",
-        "port",
+        "addr4",
+        "addr6",
+        "compact4",
+        "compact6",
         "left",
         "uploaded",
         "downloaded",
         "last_seen",
-        "compact",
-        "v6",
         "slot",
         "client",
     )
 
     def __init__(self, peer_id: bytes, user_id: int, ip: str, port: int) -> None:
         self.peer_id, self.user_id = peer_id, user_id
-        self.ip, self.port = ip, port
+        self.addr4: tuple[str, int] | None = None
+        self.addr6: tuple[str, int] | None = None
+        self.compact4 = self.compact6 = b""
         self.left = self.uploaded = self.downloaded = 0
         self.last_seen = 0.0
-        self.compact, self.v6 = compact_address(ip, port)
         self.slot = 0  # index in its swarm's seeds or leeches list
         self.client = client_name(peer_id)
+        self.move_to(ip, port)
 
     def move_to(self, ip: str, port: int) -> bool:
-        """Take a new address; True when it changed."""
-        if (ip, port) == (self.ip, self.port):
-            return False
-        self.ip, self.port = ip, port
-        self.compact, self.v6 = compact_address(ip, port)
+        """Take the address of this announce's family; True when it is new."""
+        compact, v6 = compact_address(ip, port)
+        if v6:
+            if compact == self.compact6:
+                return False
+            self.addr6, self.compact6 = (ip, port), compact
+        else:
+            if compact == self.compact4:
+                return False
+            self.addr4, self.compact4 = (ip, port), compact
         return True
 
+    def addresses(self) -> list[tuple[str, int]]:
+        return [a for a in (self.addr4, self.addr6) if a is not None]
+
     def as_doc(self) -> Doc:
-        return {
+        (ip, port), *more = self.addresses()
+        doc: Doc = {
             "user_id": self.user_id,
-            "ip": self.ip,
-            "port": self.port,
+            "ip": ip,
+            "port": port,
             "left": self.left,
             "uploaded": self.uploaded,
             "downloaded": self.downloaded,
             "last_seen": self.last_seen,
             "client": self.client,
         }
+        if more:  # a dual-stack peer: its IPv6 address too
+            doc["ip6"], doc["port6"] = more[0]
+        return doc
 
 
 def client_name(peer_id: bytes) -> str:
@@ -97,13 +116,14 @@ class Swarm:
     O(swarm size): a 10,000-peer swarm answers as fast as a 10-peer one.
     """
 
-    __slots__ = ("info_hash", "peers", "seeds", "leeches")
+    __slots__ = ("info_hash", "peers", "seeds", "leeches", "per_user")
 
     def __init__(self, info_hash: bytes) -> None:
         self.info_hash = info_hash
         self.peers: dict[bytes, Peer] = {}
         self.seeds: list[Peer] = []
         self.leeches: list[Peer] = []
+        self.per_user: dict[int, int] = {}  # user_id -> how many of their clients are here
 
     @property
     def seeders(self) -> int:
@@ -115,10 +135,16 @@ class Swarm:
 
     def add(self, peer: Peer) -> None:
         self.peers[peer.peer_id] = peer
+        self.per_user[peer.user_id] = self.per_user.get(peer.user_id, 0) + 1
         self._join(peer)
 
     def remove(self, peer: Peer) -> None:
         del self.peers[peer.peer_id]
+        left = self.per_user[peer.user_id] - 1
+        if left:
+            self.per_user[peer.user_id] = left
+        else:
+            del self.per_user[peer.user_id]
         self._leave(peer)
 
     def set_left(self, peer: Peer, left: int) -> bool:
@@ -217,14 +243,20 @@ class Swarms:
         event: bytes,
         now: float,
     ) -> tuple[Swarm, Peer | None, Credit]:
-        """Apply one announce; return the swarm, the peer (None once stopped), the credit."""
+        """Apply one announce; return the swarm, the peer (None once stopped), the credit.
+
+        The caller has checked that the peer id is not another user's and that
+        the user may add a client to this swarm (`check_peer`).
+        """
         swarm = self.swarms.get(info_hash)
         if swarm is None:
+            if event == b"stopped":  # a stop from a peer never seen: nothing to undo or keep
+                return Swarm(info_hash), None, Credit()
             swarm = self.swarms[info_hash] = Swarm(info_hash)
         peer = swarm.peers.get(peer_id)
         if peer is None:
             if event == b"stopped":
-                return swarm, None, Credit()  # a stop from a peer never seen: nothing to undo
+                return swarm, None, Credit()
             peer = Peer(peer_id, user_id, ip, port)
             peer.left = left
             # Counters are per client session: credit them only from a fresh start,
@@ -254,6 +286,37 @@ class Swarms:
     def _remove(self, swarm: Swarm, peer: Peer) -> None:
         swarm.remove(peer)
         self._dirty.add(swarm.info_hash)
+
+    def check_peer(self, info_hash: bytes, peer_id: bytes, user_id: int, limit: int) -> str | None:
+        """Why this user may not announce as this peer here (None: they may).
+
+        A peer id belongs to the user who announced it first: other members see
+        peer ids in replies, and must not stop, move or take credit for it.
+        """
+        swarm = self.swarms.get(info_hash)
+        if swarm is None:
+            return None
+        peer = swarm.peers.get(peer_id)
+        if peer is not None:
+            return None if peer.user_id == user_id else "peer id in use by another account"
+        if swarm.per_user.get(user_id, 0) >= limit:
+            return f"too many clients of this account in this swarm ({limit}): stop one first"
+        return None
+
+    def forget_user(self, user_id: int) -> int:
+        """Drop every peer of a user (deleted, or their passkey retired); return how many."""
+        dropped = 0
+        for swarm in self.swarms.values():
+            if user_id in swarm.per_user:
+                for peer in [p for p in swarm.peers.values() if p.user_id == user_id]:
+                    self._remove(swarm, peer)
+                    dropped += 1
+        return dropped
+
+    def forget_swarm(self, info_hash: bytes) -> None:
+        """Drop a whole swarm (its torrent is no longer tracked)."""
+        if self.swarms.pop(info_hash, None) is not None:
+            self._dirty.add(info_hash)
 
     def reap(self, now: float, max_age: float) -> int:
         """Forget peers not heard from within max_age seconds; return how many."""
@@ -304,6 +367,8 @@ class Swarms:
                 peer = Peer(
                     bytes.fromhex(pid), int(stored["user_id"]), stored["ip"], stored["port"]
                 )
+                if stored.get("ip6"):
+                    peer.move_to(stored["ip6"], stored["port6"])
                 peer.left, peer.last_seen = int(stored["left"]), float(stored["last_seen"])
                 peer.uploaded, peer.downloaded = int(stored["uploaded"]), int(stored["downloaded"])
                 swarm.add(peer)
