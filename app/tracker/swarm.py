@@ -63,6 +63,9 @@ class Peer:
 
     def move_to(self, ip: str, port: int) -> bool:
         """Take the address of this announce's family; True when it is new."""
+        address = (ip, port)
+        if address == self.addr4 or address == self.addr6:
+            return False  # the usual re-announce: no address parsing on the hot path
         compact, v6 = compact_address(ip, port)
         if v6:
             if compact == self.compact6:
