@@ -26,7 +26,7 @@ from app.errors import (
     WhitelistEntryNotFoundError,
 )
 from app.events import read_events, rebuild_projections
-from app.tracker import accounts
+from app.tracker import accounts, activity
 
 IH1, IH2, IH3 = "a" * 40, "b" * 40, "c" * 40
 PK1, PK2 = "0123456789abcdef0123456789abcdef", "PasskeyNumberTwo2222"
@@ -186,7 +186,7 @@ def test_update_records_only_what_changed(db, who, directory):
 
 
 def test_a_deleted_user_loses_the_passkey_and_keeps_the_totals(db, who, directory, clock):
-    accounts.record_activity(db, {7: (100, 50)}, [], now=clock())
+    activity.record_activity(db, {7: (100, 50)}, [], now=clock())
     accounts.delete_user(db, 7, **who)
     assert accounts.find_user_by_passkey(db, PK1) is None
     with pytest.raises(TrackerUserNotFoundError):
@@ -231,7 +231,7 @@ def test_malformed_prefixes_are_refused(db, who, prefix):
 
 
 def test_record_activity_adds_traffic_and_counts_snatches(db, directory, clock):
-    accounts.record_activity(
+    activity.record_activity(
         db,
         {7: (1000, 4000), 8: (4000, 0)},
         [(IH1, 7), (IH2, 7), (IH1, 7)],  # the same torrent completed twice: two snatches
@@ -250,7 +250,7 @@ def test_record_activity_adds_traffic_and_counts_snatches(db, directory, clock):
     [snatched] = read_events(db, accounts.tracked_doc_id(IH1), after_version=1)
     assert snatched["data"] == {"users": [7, 7]}
     clock.advance(seconds=1)
-    accounts.record_activity(db, {7: (1, 2)}, [], now=clock())
+    activity.record_activity(db, {7: (1, 2)}, [], now=clock())
     assert (user(db, 7)["uploaded"], user(db, 7)["downloaded"]) == (1001, 4002)
     assert accounts.list_snatched(db, 7) == [
         {"info_hash": IH1, "at": transferred["at"]},
@@ -267,7 +267,7 @@ def test_record_activity_records_nothing_for_unknown_users_or_torrents(db, who, 
     accounts.unregister_torrent(db, IH3, **who)
     accounts.delete_user(db, 8, **who)
     before = event_ids(db)
-    accounts.record_activity(
+    activity.record_activity(
         db,
         {8: (5, 5), 99: (5, 5), 7: (0, 0)},  # deleted, unknown, no traffic
         [(IH3, 7), ("d" * 40, 7), (IH1, 99), (IH1, 8)],  # unregistered, unknown torrents/users
@@ -275,31 +275,31 @@ def test_record_activity_records_nothing_for_unknown_users_or_torrents(db, who, 
     )
     assert event_ids(db) == before
     # a known user's traffic is kept even when their snatch was of an unknown torrent
-    accounts.record_activity(db, {7: (3, 0)}, [("d" * 40, 7)], now=clock())
+    activity.record_activity(db, {7: (3, 0)}, [("d" * 40, 7)], now=clock())
     alice = user(db, 7)
     assert (alice["uploaded"], alice["snatches"]) == (3, 0)
 
 
 def test_negative_deltas_count_as_nothing(db, directory, clock):
-    accounts.record_activity(db, {7: (-5, 10)}, [], now=clock())
+    activity.record_activity(db, {7: (-5, 10)}, [], now=clock())
     assert (user(db, 7)["uploaded"], user(db, 7)["downloaded"]) == (0, 10)
 
 
 def test_a_flush_retried_with_its_batch_id_is_recorded_once(db, directory, clock):
     facts = ({7: (100, 200), 8: (5, 0)}, [(IH1, 7)])
     stale_alice = user(db, 7)
-    accounts.record_activity(db, *facts, now=clock(), batch="flush-1")
+    activity.record_activity(db, *facts, now=clock(), batch="flush-1")
     events = event_ids(db)
     # a crash between the event and the projection write: alice's projection lags
     db.put(stale_alice | {"_rev": user(db, 7)["_rev"]})
     # the write-behind saw an error and retries the same flush: only what is missing lands
-    accounts.record_activity(db, *facts, now=clock(), batch="flush-1")
+    activity.record_activity(db, *facts, now=clock(), batch="flush-1")
     assert event_ids(db) == events
     alice = user(db, 7)
     assert (alice["uploaded"], alice["downloaded"], alice["snatches"]) == (100, 200, 1)
     assert (user(db, 8)["uploaded"], tracked(db, IH1)["snatches"]) == (5, 1)
     # the next flush is new traffic
-    accounts.record_activity(db, *facts, now=clock(), batch="flush-2")
+    activity.record_activity(db, *facts, now=clock(), batch="flush-2")
     assert (user(db, 7)["uploaded"], tracked(db, IH1)["snatches"]) == (200, 2)
     assert rebuild_projections(db, check_only=True).differing == []
 
@@ -307,7 +307,7 @@ def test_a_flush_retried_with_its_batch_id_is_recorded_once(db, directory, clock
 def test_the_directory_filter_passes_projections_of_the_tracker_types_only(db, who, directory):
     accounts.add_whitelist_entry(db, "-lt", "libtorrent", **who)
     accounts.delete_user(db, 8, **who)
-    feed = db.changes(filter=accounts.DIRECTORY_FILTER, include_docs=True)
+    feed = db.changes(filter=activity.DIRECTORY_FILTER, include_docs=True)
     ids = sorted(change["id"] for change in feed["results"])
     expected = [
         accounts.tracked_doc_id(IH1),
@@ -317,7 +317,7 @@ def test_the_directory_filter_passes_projections_of_the_tracker_types_only(db, w
         accounts.whitelist_doc_id("-lt"),
     ]
     assert ids == sorted(expected)
-    loaded = {doc["_id"]: doc for doc in accounts.iter_directory_docs(db)}
+    loaded = {doc["_id"]: doc for doc in activity.iter_directory_docs(db)}
     assert sorted(loaded) == sorted(expected)
     assert loaded[accounts.tracker_user_doc_id(8)]["active"] is False  # deletions come too
 
@@ -327,7 +327,7 @@ def test_projections_equal_their_rebuild(db, who, directory, clock):
     accounts.add_whitelist_entry(db, "-TR", "Transmission", **who)
     accounts.remove_whitelist_entry(db, "-TR", **who)
     accounts.unregister_torrent(db, IH2, **who)
-    accounts.record_activity(db, {7: (10, 20)}, [(IH1, 7)], now=clock())
+    activity.record_activity(db, {7: (10, 20)}, [(IH1, 7)], now=clock())
     assert rebuild_projections(db, check_only=True).differing == []
 
 

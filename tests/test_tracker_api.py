@@ -18,7 +18,7 @@ from app.api.tracker import announce_base
 from app.auth import add_user
 from app.config import load_settings
 from app.torrents import raw_info_dict
-from app.tracker import accounts
+from app.tracker import accounts, activity
 
 IH1, IH2 = "a" * 40, "b" * 40
 PK = "0123456789abcdef0123456789abcdef"
@@ -94,7 +94,7 @@ def test_a_torrent_is_registered_shown_counted_and_deleted(client, admin, peers_
 def test_counts_carry_snatches_recorded_by_the_tracker(client, admin, db, clock):
     post_torrent(client, admin)
     post_user(client, admin, passkey=PK)
-    accounts.record_activity(db, {7: (10, 20)}, [(IH1, 7)], now=clock())
+    activity.record_activity(db, {7: (10, 20)}, [(IH1, 7)], now=clock())
     [row] = client.get("/api/counts", headers=admin).get_json()
     assert row["snatches"] == 1
     user = client.get("/api/user/7", headers=admin).get_json()
@@ -193,7 +193,7 @@ def test_a_users_torrents_live_and_snatched(client, admin, db, peers_db, clock):
         {"-qB4650-aaaaaaaaaaaa": {"user_id": 7, "left": 9}, "-TR-x": {"user_id": 8}},
         now=clock(),
     )
-    accounts.record_activity(db, {}, [(IH1, 7)], now=clock())
+    activity.record_activity(db, {}, [(IH1, 7)], now=clock())
     got = client.get("/api/user/7/torrents", headers=admin).get_json()
     assert got == {
         "user_id": 7,

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from app.couch import Database
+from app.tracker.activity import DIRECTORY_FILTER, iter_directory_docs
 
 log = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
-PREFIXES = ("tracked:", "trackeruser:", "whitelist:")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,9 +124,8 @@ def load_directory(db: Database) -> Directory:
     """Read every registration, noting the change sequence to follow from."""
     directory = Directory()
     directory.seq = db.info()["update_seq"]  # before the reads: no change can slip between
-    for prefix in PREFIXES:
-        for doc in db.iter_prefix(prefix):
-            directory.apply(doc)
+    for doc in iter_directory_docs(db):
+        directory.apply(doc)
     return directory
 
 
@@ -149,7 +148,7 @@ def follow_directory(
     while not stop.is_set():
         try:
             feed = db.changes(
-                since=directory.seq, filter="tracker/directory", include_docs="true", limit=1000
+                since=directory.seq, filter=DIRECTORY_FILTER, include_docs="true", limit=1000
             )
             rows = feed.get("results", [])
             docs = [row.get("doc") or {"_id": row["id"], "_deleted": True} for row in rows]

@@ -127,7 +127,7 @@ class WriteBehind:
                 self.revs.pop(row["key"], None)
 
     def _write_activity(self) -> None:
-        from app.tracker.accounts import record_activity
+        from app.tracker.activity import record_activity
 
         while self._batches:
             batch = self._batches[0]
