@@ -46,7 +46,16 @@ def connect(settings: Settings, pool_size: int | None = None) -> Database:
         timeout=settings.couchdb.timeout_seconds,
         pool_size=pool_size or max(4, settings.server.threads * 2),
     )
-    return server.database(settings.couchdb.database)
+    companions = {
+        "events": settings.couchdb.events_database,
+        "secrets": settings.couchdb.secrets_database,
+        "peers": settings.tracker.peers_database,
+    }
+    return Database(
+        server,
+        settings.couchdb.database,
+        companions={role: name for role, name in companions.items() if name},
+    )
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Clock = utcnow) -> Flask:

@@ -35,6 +35,18 @@ class CouchSettings:
     password: str = ""
     timeout_seconds: float = 30.0
     bundled_port: int = 5984
+    # The event log (the facts; the only database that replicates) and the
+    # credentials (password and token hashes; admin-only, never replicated).
+    # Empty: "<database>_events" and "<database>_secrets".
+    events_database: str = ""
+    secrets_database: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteSettings:
+    # This site's name: recorded in every event it writes and part of event ids.
+    # Empty: the host name (made id-safe).
+    name: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +113,7 @@ class TrackerSettings:
 @dataclasses.dataclass(frozen=True)
 class Settings:
     couchdb: CouchSettings = dataclasses.field(default_factory=CouchSettings)
+    site: SiteSettings = dataclasses.field(default_factory=SiteSettings)
     server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
     leases: LeaseSettings = dataclasses.field(default_factory=LeaseSettings)
     scheduler: SchedulerSettings = dataclasses.field(default_factory=SchedulerSettings)
@@ -132,6 +145,11 @@ SCHEMA = _schema_for(Settings)
 SCHEMA["properties"]["server"]["properties"]["port"]["maximum"] = 65535
 SCHEMA["properties"]["couchdb"]["properties"]["database"]["pattern"] = "^[a-z][a-z0-9_$()+/-]*$"
 SCHEMA["properties"]["tracker"]["properties"]["port"]["maximum"] = 65535
+for _key in ("events_database", "secrets_database"):
+    SCHEMA["properties"]["couchdb"]["properties"][_key]["pattern"] = "^$|^[a-z][a-z0-9_$()+/-]*$"
+SCHEMA["properties"]["site"]["properties"]["name"].update(
+    pattern="^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+)
 for _key in ("interval_seconds", "min_interval_seconds", "max_peers_per_user"):
     SCHEMA["properties"]["tracker"]["properties"][_key]["minimum"] = 1
 SCHEMA["properties"]["tracker"]["properties"]["peers_database"]["pattern"] = (

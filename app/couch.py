@@ -196,10 +196,24 @@ def _error_from(response: requests.Response) -> CouchError:
 class Database:
     """One database: documents, bulk writes, views and the changes feed."""
 
-    def __init__(self, server: CouchServer, name: str) -> None:
+    def __init__(
+        self, server: CouchServer, name: str, *, companions: Mapping[str, str] | None = None
+    ) -> None:
         self.server = server
         self.name = name
         self.path = quote(name, safe="")
+        # The databases that belong with this one (the read model): "events" (the
+        # log), "secrets" (credentials), "peers" (tracker swarms). Unnamed ones
+        # default to "<name>_<role>".
+        self.companion_names = dict(companions or {})
+        self._companions: dict[str, Database] = {}
+
+    def companion(self, role: str) -> Database:
+        """The database of this deployment that plays `role` ("events", "secrets", "peers")."""
+        if role not in self._companions:
+            name = self.companion_names.get(role) or f"{self.name}_{role}"
+            self._companions[role] = Database(self.server, name)
+        return self._companions[role]
 
     @property
     def server_url(self) -> str:
