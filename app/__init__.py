@@ -55,6 +55,7 @@ def connect(settings: Settings, pool_size: int | None = None) -> Database:
         server,
         settings.couchdb.database,
         companions={role: name for role, name in companions.items() if name},
+        site=settings.site.name,
     )
 
 

@@ -305,7 +305,12 @@ def complete_task(
         raise TaskNotFoundError(f"No URL task has id {result.task_id}.", id=result.task_id)
     if outcome.event is not None:
         workers.record_task_result(
-            db, result.holder, result.task_id, result.status, source=outcome.event["_id"], now=now
+            db,
+            result.holder,
+            result.task_id,
+            result.status,
+            source=f"{outcome.event['event']}/{doc_id}",
+            now=now,
         )
     return task_report(outcome.state, outcome.event)
 

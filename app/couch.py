@@ -104,6 +104,7 @@ class CouchServer:
         self.timeout = timeout
         self.retries = retries
         self.session = requests.Session()
+        self.username = username  # never the password: this may be logged
         if username:
             self.session.auth = (username, password)
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
@@ -197,10 +198,16 @@ class Database:
     """One database: documents, bulk writes, views and the changes feed."""
 
     def __init__(
-        self, server: CouchServer, name: str, *, companions: Mapping[str, str] | None = None
+        self,
+        server: CouchServer,
+        name: str,
+        *,
+        companions: Mapping[str, str] | None = None,
+        site: str = "",
     ) -> None:
         self.server = server
         self.name = name
+        self.site = site  # the site name events written through this database record
         self.path = quote(name, safe="")
         # The databases that belong with this one (the read model): "events" (the
         # log), "secrets" (credentials), "peers" (tracker swarms). Unnamed ones
@@ -212,7 +219,7 @@ class Database:
         """The database of this deployment that plays `role` ("events", "secrets", "peers")."""
         if role not in self._companions:
             name = self.companion_names.get(role) or f"{self.name}_{role}"
-            self._companions[role] = Database(self.server, name)
+            self._companions[role] = Database(self.server, name, site=self.site)
         return self._companions[role]
 
     @property
@@ -300,6 +307,25 @@ class Database:
             if doc is not None:
                 found[row["key"]] = doc
         return found
+
+    def iter_ids(self, prefix: str, *, page_size: int = 5000) -> Iterator[str]:
+        """Yield every document id that starts with `prefix`, in id order (no bodies read)."""
+        startkey, skip = prefix, 0
+        while True:
+            rows = self.server.request(
+                "GET",
+                f"{self.path}/_all_docs",
+                params={
+                    "startkey": startkey,
+                    "endkey": prefix + "\ufff0",
+                    "limit": page_size,
+                    "skip": skip,
+                },
+            ).json()["rows"]
+            yield from (row["id"] for row in rows)
+            if len(rows) < page_size:
+                return
+            startkey, skip = rows[-1]["id"], 1
 
     def iter_prefix(self, prefix: str, *, page_size: int = 1000) -> Iterator[dict[str, Any]]:
         """Yield every document whose id starts with `prefix`, in id order, a page at a time.

@@ -1,33 +1,56 @@
-"""The event store: immutable events, projections derived from them, optimistic concurrency.
+"""The event store: one immutable event per command, projections derived from its changes.
 
-An event is `ev:<aggregate id>:<version, 10 digits>`. Creating it is the only
-point of decision: CouchDB lets exactly one writer create a document id, so
-two writers that both read version N race for `ev:<id>:N+1` and one loses
-with a conflict — no locks. The projection (`<aggregate id>`, with `version`)
-is written second; if a crash comes between the two writes, the projector job
-(`catch_up_projections`) replays the missing events.
+Two databases (README "Architecture"):
+- the event log (`db.companion("events")`): immutable event documents, the
+  facts, guarded by the only validate_doc_update there is; the one database
+  that replicates between sites;
+- the read model (`db`): one projection per aggregate, no validator, local to
+  this site, rebuilt from the log at any time (app/projections.py).
+
+An event records one command over one or many aggregates:
+    {_id: "ev:<UTC time>:<site>:<16 hex>", type: "event", name, at, actor, site,
+     changes: [{aggregate, version, name, data}, ...]}
+so an import batch of 1,000 rows or a lease of 100 albums pays the validator
+once, not once per album.
+
+The point of decision is the read model: a projection is written with the
+`_rev` it was decided on (a new one without `_rev`), so of two writers that
+decided on the same state exactly one wins and the other gets a conflict
+(CouchDB's single-node guarantee; no locks). The event with the winners'
+changes is appended to the log next, and only then does the caller answer.
+A crash between the two writes leaves projections that name an event the log
+does not have ("phantoms"); the client never heard "ok", and the projector
+rolls them back from the log after a grace period. Each change carries the
+aggregate's next version, so one site's changes fold in version order, and a
+rebuild sorts by (version, site, event id): a deterministic order for any log.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+import logging
+import re
+import secrets
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from app.couch import BulkResult, Database, DocumentConflictError
+from app.couch import Database
 from app.timeutil import iso
+
+log = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
 Projector = Callable[[Doc, Doc], None]
 # A decision looks at an aggregate's current state (None when it has no events yet)
-# and returns the event to record as (name, data), or None to record nothing.
+# and returns the change to record as (name, data), or None to record nothing.
 Decision = Callable[[Doc | None], tuple[str, dict[str, Any]] | None]
 
-VERSION_DIGITS = 10
 EVENT_PREFIX = "ev:"
-CHECKPOINT_ID = "_local/projector-checkpoint"
+LOG_DDOC = "log"  # the event log's design document: validator, by_aggregate, filters
+# Bookkeeping every projection carries besides its domain fields.
+BOOKKEEPING = ("version", "updated_at", "last_event")
 
 _PROJECTORS: dict[str, Projector] = {}
 
@@ -36,11 +59,15 @@ class ConcurrencyError(Exception):
     """Another writer kept winning the same aggregate; the caller may retry later."""
 
 
+class EventRefusedError(Exception):
+    """The event log refused an event (a bug, or a validator out of date)."""
+
+
 def projector(aggregate_type: str) -> Callable[[Projector], Projector]:
-    """Register the function that applies one event to a state of this aggregate type.
+    """Register the function that applies one change to a state of this aggregate type.
 
     The function mutates the state dict in place; it must depend on nothing
-    but the state and the event, so that a rebuild gives the same result.
+    but the state and the change, so that a rebuild gives the same result.
     """
 
     def register(func: Projector) -> Projector:
@@ -50,65 +77,93 @@ def projector(aggregate_type: str) -> Callable[[Projector], Projector]:
     return register
 
 
+def projected_types() -> frozenset[str]:
+    """The aggregate types that have a projector: their documents are projections."""
+    return frozenset(_PROJECTORS)
+
+
 def aggregate_type(aggregate_id: str) -> str:
     return aggregate_id.split(":", 1)[0]
 
 
-def event_id(aggregate_id: str, version: int) -> str:
-    return f"{EVENT_PREFIX}{aggregate_id}:{version:0{VERSION_DIGITS}d}"
+def event_log(db: Database) -> Database:
+    """The event log that belongs to this read model."""
+    return db.companion("events")
 
 
-def make_event(
-    aggregate_id: str, version: int, name: str, data: dict[str, Any], actor: str, at: datetime
-) -> Doc:
-    return {
-        "_id": event_id(aggregate_id, version),
-        "type": "event",
-        "aggregate": aggregate_id,
-        "version": version,
-        "name": name,
-        "at": iso(at),
-        "actor": actor,
-        "data": data,
-    }
+def default_site_name() -> str:
+    """The host name, reduced to what an event id may hold."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).strip("-.") or "site"
+    return name[:63]
 
 
-def apply_event(state: Doc | None, event: Doc) -> Doc:
-    """Return the projection after one event (the input is not modified)."""
-    aggregate_id = event["aggregate"]
-    new = (
-        copy.deepcopy(state)
-        if state
-        else {"_id": aggregate_id, "type": aggregate_type(aggregate_id)}
-    )
+def site_of(db: Database) -> str:
+    return db.site or default_site_name()
+
+
+def new_event_id(at: datetime, site: str) -> str:
+    """A unique id that sorts by time: `ev:<YYYYMMDDTHHMMSS.ffffffZ>:<site>:<16 hex>`.
+
+    It never contains an aggregate id, so keys holding ":" or any character
+    cannot make one aggregate's events look like another's; the random part
+    keeps ids distinct across processes and sites without coordination.
+    """
+    stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{EVENT_PREFIX}{stamp}:{site}:{secrets.token_hex(8)}"
+
+
+def changes_of(event: Doc) -> list[Doc]:
+    """The per-aggregate changes of one event document, in the shape projectors read."""
+    return [
+        {
+            "aggregate": change["aggregate"],
+            "version": change["version"],
+            "name": change["name"],
+            "data": change["data"],
+            "at": event["at"],
+            "actor": event["actor"],
+            "site": event.get("site", ""),
+            "event": event["_id"],
+        }
+        for change in event["changes"]
+    ]
+
+
+def fold_key(change: Doc) -> tuple[int, str, str]:
+    """The order in which one aggregate's changes are folded, for any log."""
+    return (change["version"], change.get("site", ""), change.get("event", ""))
+
+
+def apply_event(state: Doc | None, change: Doc) -> Doc:
+    """Return the projection after one change (the input is not modified)."""
+    aggregate_id = change["aggregate"]
+    new = _copy(state) if state else {"_id": aggregate_id, "type": aggregate_type(aggregate_id)}
     new.pop("_rev", None)
-    _PROJECTORS[aggregate_type(aggregate_id)](new, event)
-    new["version"] = event["version"]
-    new["updated_at"] = event["at"]
+    _PROJECTORS[aggregate_type(aggregate_id)](new, change)
+    new["version"] = max(new.get("version", 0), change["version"])
+    new["updated_at"] = change["at"]
+    new["last_event"] = change.get("event")
     if state and "_rev" in state:
         new["_rev"] = state["_rev"]
     return new
 
 
-def project(events: Iterable[Doc]) -> Doc | None:
-    """Fold a stream of one aggregate's events, in version order, into its projection."""
+def _copy(doc: Doc) -> Doc:
+    # Projections are JSON: a JSON-shaped copy is several times faster than deepcopy.
+    import json
+
+    copied: Doc = json.loads(json.dumps(doc))
+    return copied
+
+
+def project(changes: Iterable[Doc]) -> Doc | None:
+    """Fold one aggregate's changes (any order: they are sorted) into its projection."""
     state: Doc | None = None
-    for event in events:
-        state = apply_event(state, event)
+    for change in sorted(changes, key=fold_key):
+        state = apply_event(state, change)
     if state is not None:
         state.pop("_rev", None)
     return state
-
-
-def _lost_race(result: BulkResult) -> bool:
-    """True when the event id already existed: someone else won that version.
-
-    CouchDB answers `conflict`; pouchdb-server runs validate_doc_update first,
-    so our own immutability rule answers `forbidden` with reason `event_immutable…`.
-    """
-    if result.error == "conflict":
-        return True
-    return result.error == "forbidden" and (result.reason or "").startswith("event_immutable")
 
 
 @dataclasses.dataclass
@@ -116,9 +171,9 @@ class Outcome:
     """What became of one decision in a commit."""
 
     aggregate: str
-    recorded: bool  # an event was written
+    recorded: bool  # a change was recorded
     state: Doc | None  # the projection after the commit (or as found)
-    event: Doc | None = None
+    event: Doc | None = None  # the change (with its event's id, time and actor)
     lost_race: bool = False
 
 
@@ -130,55 +185,87 @@ def commit(
     now: datetime,
     states: dict[str, Doc] | None = None,
     retry_lost: int = 3,
+    command: str | None = None,
 ) -> list[Outcome]:
-    """Decide and record one event per aggregate, as two _bulk_docs writes.
+    """Decide per aggregate, claim the projections, then append one event for all of them.
 
     `states` may carry projections the caller already read (a queue's
-    include_docs rows); the rest are read here. With retry_lost > 0 an aggregate
-    whose event id was taken is repaired from its events and decided again, so
-    results are never lost; with 0 a lost race is reported (a lease: "taken").
+    include_docs rows; `{}` for "known to be absent"); the rest are read here.
+    With retry_lost > 0 an aggregate whose projection changed under us is read
+    again and decided again, so results are never lost; with 0 a lost race is
+    reported (a lease: "taken, try the next"). Raises EventRefusedError if the
+    log refuses the event, and CouchError if it cannot be reached: either way
+    the caller must not answer "ok" (the projections are rolled back later).
     """
     known = dict(states or {})
     missing = [agg for agg, _ in decisions if agg not in known]
     known.update(db.get_many(missing))
+    before = dict(known)  # what a failed append puts back
+    site = site_of(db)
+    event: Doc = {
+        "_id": new_event_id(now, site),
+        "type": "event",
+        "name": command or "",
+        "at": iso(now),
+        "actor": actor,
+        "site": site,
+        "changes": [],
+    }
     outcomes: dict[str, Outcome] = {}
     pending = list(decisions)
     for attempt in range(retry_lost + 1):
-        lost = _commit_once(db, pending, known, actor, now, outcomes)
+        lost = _claim(db, pending, known, event, outcomes)
         if not lost:
             break
         if attempt == retry_lost:
             for agg, _ in lost:
-                outcomes[agg] = Outcome(agg, False, known.get(agg), lost_race=True)
+                outcomes[agg] = Outcome(agg, False, known.get(agg) or None, lost_race=True)
             break
+        fresh = db.get_many(agg for agg, _ in lost)
         for agg, _ in lost:
-            known[agg] = repair_projection(db, agg) or {}
+            known[agg] = fresh.get(agg) or {}
         pending = lost
+    if event["changes"]:
+        try:
+            append_event(db, event)
+        except Exception:
+            _undo_claims(db, event, before, known)
+            raise
     return [outcomes[agg] for agg, _ in decisions]
 
 
-def check_none_lost(outcomes: Iterable[Outcome]) -> None:
-    """Raise ConcurrencyError when a decision kept losing its race.
+def _undo_claims(db: Database, event: Doc, before: dict[str, Doc], known: dict[str, Doc]) -> None:
+    """Put back the projections of a command whose event did not reach the log.
 
-    For facts a client is told were accepted (submissions): reporting success
-    for an event that was never written would lose it (invariant 3).
+    Best effort: a retry of the command must not find its own unrecorded
+    changes and take them as done. What cannot be put back now (the process
+    dies, the read model is unreachable) is rolled back by the projector after
+    its grace period.
     """
-    lost = [o.aggregate for o in outcomes if o.lost_race]
-    if lost:
-        raise ConcurrencyError("other writers kept winning: " + ", ".join(lost))
+    undo = []
+    for change in event["changes"]:
+        agg = change["aggregate"]
+        previous = before.get(agg) or None
+        current_rev = known[agg]["_rev"]
+        if previous is None:
+            undo.append({"_id": agg, "_rev": current_rev, "_deleted": True})
+        else:
+            undo.append(dict(previous, _rev=current_rev))
+    try:
+        db.bulk_docs(undo)
+    except Exception:  # the projector's phantom repair is the backstop
+        log.warning("could not undo %d projections of %s", len(undo), event["_id"])
 
 
-def _commit_once(
+def _claim(
     db: Database,
     decisions: Sequence[tuple[str, Decision]],
     known: dict[str, Doc],
-    actor: str,
-    now: datetime,
+    event: Doc,
     outcomes: dict[str, Outcome],
 ) -> list[tuple[str, Decision]]:
-    """One round: write events, then projections; return the decisions that lost a race."""
-    events: list[Doc] = []
-    by_event: dict[str, tuple[str, Decision]] = {}
+    """One round: decide, write the projections conditionally; return the decisions that lost."""
+    claimed: list[tuple[tuple[str, Decision], Doc, Doc]] = []
     for agg, decide in decisions:
         state = known.get(agg) or None
         verdict = decide(state)
@@ -186,175 +273,72 @@ def _commit_once(
             outcomes[agg] = Outcome(agg, False, state)
             continue
         name, data = verdict
-        version = (state or {}).get("version", 0) + 1
-        event = make_event(agg, version, name, data, actor, now)
-        events.append(event)
-        by_event[event["_id"]] = (agg, decide)
+        change = {"aggregate": agg, "version": (state or {}).get("version", 0) + 1}
+        change.update(name=name, data=data)
+        view = dict(change, at=event["at"], actor=event["actor"], site=event["site"])
+        view["event"] = event["_id"]
+        claimed.append(((agg, decide), change, apply_event(state, view)))
     lost: list[tuple[str, Decision]] = []
-    won: list[Doc] = []
-    refused: list[str] = []
-    for event, result in zip(events, db.bulk_docs(events), strict=True):
+    results = db.bulk_docs([projection for _, _, projection in claimed])
+    for (decision, change, projection), result in zip(claimed, results, strict=True):
+        agg = decision[0]
         if result.ok:
-            won.append(event)
-        elif _lost_race(result):
-            lost.append(by_event[event["_id"]])
+            projection["_rev"] = result.rev
+            known[agg] = projection
+            event["changes"].append(change)
+            view = changes_of(dict(event, changes=[change]))[0]
+            outcomes[agg] = Outcome(agg, True, projection, view)
+        elif result.error == "conflict":
+            lost.append(decision)
         else:
-            refused.append(f"{event['_id']}: {result.error} {result.reason}")
-    projections = [apply_event(known.get(ev["aggregate"]) or None, ev) for ev in won]
-    write_projections(db, projections)
-    for event, projection in zip(won, projections, strict=True):
-        known[event["aggregate"]] = projection
-        outcomes[event["aggregate"]] = Outcome(event["aggregate"], True, projection, event)
-    if refused:  # raised only now, so that the events that were written are projected
-        raise RuntimeError("events refused: " + "; ".join(refused))
+            raise RuntimeError(f"projection {agg} refused: {result.error} {result.reason}")
     return lost
 
 
-def write_projections(db: Database, projections: list[Doc]) -> None:
-    """Store projections; one that lost to a concurrent writer is repaired from events."""
-    for projection, result in zip(projections, db.bulk_docs(projections), strict=True):
-        if result.ok:
-            projection["_rev"] = result.rev
-        elif result.error == "conflict":
-            repaired = repair_projection(db, projection["_id"])
-            if repaired is not None:
-                projection.clear()
-                projection.update(repaired)
-        else:
-            raise RuntimeError(f"projection {projection['_id']} refused: {result.error}")
+def append_event(db: Database, event: Doc) -> None:
+    """Write one event to the log; name it after its changes when the caller did not."""
+    if not event["name"]:
+        names = sorted({change["name"] for change in event["changes"]})
+        event["name"] = names[0] if len(names) == 1 else "+".join(names)
+    [result] = event_log(db).bulk_docs([event])
+    if not result.ok:
+        raise EventRefusedError(f"event {event['_id']} refused: {result.error} {result.reason}")
+
+
+def check_none_lost(outcomes: Iterable[Outcome]) -> None:
+    """Raise ConcurrencyError when a decision kept losing its race.
+
+    For facts a client is told were accepted (submissions): reporting success
+    for a change that was never recorded would lose it (invariant 3).
+    """
+    lost = [o.aggregate for o in outcomes if o.lost_race]
+    if lost:
+        raise ConcurrencyError("other writers kept winning: " + ", ".join(lost))
 
 
 def read_events(db: Database, aggregate_id: str, after_version: int = 0) -> list[Doc]:
-    """Read one aggregate's events in version order (ids sort by version: zero padded)."""
-    rows = db.server.request(
-        "GET",
-        f"{db.path}/_all_docs",
-        params={
-            "startkey": event_id(aggregate_id, after_version + 1),
-            "endkey": f"{EVENT_PREFIX}{aggregate_id}:\ufff0",
-            "include_docs": True,
-        },
-    ).json()["rows"]
-    return [row["doc"] for row in rows if row.get("doc")]
+    """One aggregate's changes in fold order, from the log's by_aggregate view (read fresh)."""
+    rows = event_log(db).view(
+        LOG_DDOC,
+        "by_aggregate",
+        startkey=[aggregate_id, after_version + 1],
+        endkey=[aggregate_id, {}],
+    )
+    return [change_from_row(row) for row in rows]
 
 
-def repair_projection(db: Database, aggregate_id: str) -> Doc | None:
-    """Bring one projection up to its last event; return the stored projection.
-
-    Idempotent and safe to race: the write is conditional on the _rev read,
-    and a loser simply reads again.
-    """
-    for _ in range(5):
-        stored = db.get_or_none(aggregate_id)
-        version = (stored or {}).get("version", 0)
-        newer = read_events(db, aggregate_id, after_version=version)
-        if not newer:
-            return stored
-        state = stored
-        for event in newer:
-            state = apply_event(state, event)
-        assert state is not None
-        try:
-            db.put(state)
-        except DocumentConflictError:
-            continue
-        return state
-    raise ConcurrencyError(f"could not repair {aggregate_id}: it keeps changing")
-
-
-def iter_event_streams(db: Database, page_size: int = 2000) -> Iterator[tuple[str, list[Doc]]]:
-    """Yield (aggregate id, its events in order) for every aggregate, paging _all_docs.
-
-    Events of one aggregate share the id prefix `ev:<aggregate>:`, so they are
-    contiguous in _all_docs order.
-    """
-    current: str | None = None
-    stream: list[Doc] = []
-    for event in db.iter_prefix(EVENT_PREFIX, page_size=page_size):
-        if event["aggregate"] != current:
-            if current is not None:
-                yield current, stream
-            current, stream = event["aggregate"], []
-        stream.append(event)
-    if current is not None:
-        yield current, stream
-
-
-def _comparable(doc: Doc | None) -> Doc | None:
-    return None if doc is None else {k: v for k, v in doc.items() if k != "_rev"}
-
-
-@dataclasses.dataclass
-class RebuildReport:
-    aggregates: int = 0
-    events: int = 0
-    differing: list[str] = dataclasses.field(default_factory=list)
-    written: int = 0
-
-
-def rebuild_projections(
-    db: Database, *, check_only: bool = False, batch: int = 500
-) -> RebuildReport:
-    """Recompute every projection from events alone; write (or with check_only list) differences."""
-    report = RebuildReport()
-    chunk: list[tuple[str, Doc | None]] = []
-
-    def flush() -> None:
-        stored = db.get_many(agg for agg, _ in chunk)
-        to_write = []
-        for agg, rebuilt in chunk:
-            current = stored.get(agg)
-            if _comparable(current) == _comparable(rebuilt):
-                continue
-            report.differing.append(agg)
-            if rebuilt is not None and not check_only:
-                if current is not None:
-                    rebuilt["_rev"] = current["_rev"]
-                to_write.append(rebuilt)
-        if to_write:
-            results = db.bulk_docs(to_write)
-            report.written += sum(1 for r in results if r.ok)
-        chunk.clear()
-
-    for agg, events in iter_event_streams(db):
-        report.aggregates += 1
-        report.events += len(events)
-        chunk.append((agg, project(events)))
-        if len(chunk) >= batch:
-            flush()
-    if chunk:
-        flush()
-    return report
-
-
-def catch_up_projections(db: Database, *, limit: int = 1000, max_rounds: int = 100) -> int:
-    """Follow _changes of events from a checkpoint and repair lagging projections.
-
-    Returns how many projections were repaired. The checkpoint is a _local
-    document: it never replicates, since each site projects its own copy.
-    """
-    checkpoint = db.get_or_none(CHECKPOINT_ID) or {"_id": CHECKPOINT_ID, "seq": 0}
-    repaired = 0
-    for _ in range(max_rounds):
-        feed = db.changes(
-            since=checkpoint["seq"], limit=limit, filter="events/events", include_docs=True
-        )
-        latest: dict[str, int] = {}
-        for change in feed["results"]:
-            doc = change.get("doc") or {}
-            if doc.get("type") == "event":
-                agg = doc["aggregate"]
-                latest[agg] = max(latest.get(agg, 0), doc["version"])
-        stored = db.get_many(latest)
-        for agg, version in latest.items():
-            if stored.get(agg, {}).get("version", 0) < version:
-                repair_projection(db, agg)
-                repaired += 1
-        checkpoint["seq"] = feed["last_seq"]
-        try:
-            db.put(checkpoint)
-        except DocumentConflictError:
-            checkpoint = db.get(CHECKPOINT_ID)  # another projector moved on; follow it
-        if len(feed["results"]) < limit:
-            break
-    return repaired
+def change_from_row(row: Doc) -> Doc:
+    """Turn a by_aggregate row (key [aggregate, version, site, event], value [name, data,
+    at, actor]) into a change as projectors read it."""
+    aggregate, version, site, event_id = row["key"]
+    name, data, at, actor = row["value"]
+    return {
+        "aggregate": aggregate,
+        "version": version,
+        "name": name,
+        "data": data,
+        "at": at,
+        "actor": actor,
+        "site": site,
+        "event": event_id,
+    }

@@ -1,9 +1,9 @@
 """Ingest matching: which registered torrents each listing of a batch holds (nothing is written).
 
 Candidates come from two keyed view reads for the whole batch, never a scan:
-torrents/by_file with every listing's [normalised path, size] keys (every
+matching/by_file with every listing's [normalised path, size] keys (every
 torrent that could match has at least one file among them) and
-torrents/by_top_dir with every listing's own name (so that a same-named
+matching/by_top_dir with every listing's own name (so that a same-named
 torrent that does not match is reported with its reasons); then one read of
 the candidate documents by id. A torrent matches a listing when every one of
 its files is present with the same size; extra files are allowed. A
@@ -45,7 +45,7 @@ def _read_by_top_dir(
     named: dict[str, dict[str, Doc]] = collections.defaultdict(dict)
     tasks: dict[str, Doc] = {}
     for chunk in _chunks(names, KEYS_PER_READ):
-        rows = db.view("torrents", "by_top_dir", keys=chunk, include_docs=True, **fresh)
+        rows = db.view("matching", "by_top_dir", keys=chunk, include_docs=True, **fresh)
         for row in rows:
             value = row.get("value")
             if isinstance(value, dict) and "_id" in value:  # a linked download task
@@ -61,7 +61,7 @@ def _read_by_file(
     """The ids of the torrents having each [path, size] key (once per file that has it)."""
     ids: dict[FileKey, list[str]] = collections.defaultdict(list)
     for chunk in _chunks([list(k) for k in keys], KEYS_PER_READ):
-        for row in db.view("torrents", "by_file", keys=chunk, **fresh):
+        for row in db.view("matching", "by_file", keys=chunk, **fresh):
             path, size = row["key"]
             ids[(path, size)].append(row["id"])
     return ids
@@ -175,10 +175,12 @@ def match_listings(
     to date on each read would cost more than the look-ups, while the next
     fresh read indexes the whole backlog at once for a fraction of that. Keys
     change only when a torrent is registered, and documents are read fresh,
-    so a stale index can only hide a torrent registered since the last fresh
-    read: the listings of the batch that match nothing are read again, all
-    together, up to date before "no match" is said. (A second torrent that
-    matches too but was registered since then waits for a later scan.)
+    so a stale index could only hide a torrent registered since the last fresh
+    read; but registering a torrent refreshes the matching index before it is
+    answered (app/torrents.py refresh_matching_index), so a stale read sees
+    every torrent whose registration finished. The listings of the batch that
+    match nothing are read again all the same, all together, up to date before
+    "no match" is said (a registration still in flight).
     """
     indexes = [index_listing(listing) for listing in listings]
     evaluations: list[list[Evaluation]] = [[] for _ in listings]

@@ -5,26 +5,31 @@ A queued aggregate's projection carries `queue`, `state` ("ready", "leased",
 `queues/ready` orders ready work by [queue, queue_group, available_at, id], so
 one range read gives never-tried work first, then retries that are due.
 
-Under load every lessee reading the head of the same view would collide on
-the same event ids. So inside one process leasing is serialized per queue
-(one lock), and candidates come from a per-process buffer that prefers this
-process's own slot of ids (`lease_slot` of `lease_slots`), so processes work
-on distinct windows. A lost race (409 on the event id) means "taken, try the
-next one", never an error.
+The point of decision is the projection: a lease writes it with the `_rev`
+it was read with, so of two callers that picked the same album exactly one
+wins; the other's write conflicts, which means "taken, try the next one",
+never an error. One event then records the whole lease (app/events.py).
 
-Keeping a view index current costs work for every document written (two per
-lease), and on the bundled server that work (~1,700 docs/s) dominates. So a
-process reads the index fresh at most every `buffer_seconds`, and in between
-walks on through it with `stale=ok` from a cursor (keys are unique: the id is
-the last element). include_docs gives the current documents, so rows that
-went stale are dropped. Work that became ready since the last fresh read waits
-at most `buffer_seconds`, and "nothing to lease" is only ever answered by a
-fresh read.
+Under load every caller reading the head of the same view would pick the same
+albums and collide. Inside one process, calls share one buffer of candidates
+per queue and never get the same one twice (taken ones are "in flight" until
+recorded); across processes, each prefers its own slot of ids (`lease_slot`
+of `lease_slots`), so processes work on distinct windows.
+
+Keeping a view index current costs work for every projection written, and on
+the bundled server that work (~1,700 docs/s) dominates. So a process reads the
+index fresh at most every `buffer_seconds`, and in between walks on through it
+with `stale=ok` from a cursor (keys are unique: the id is the last element).
+include_docs gives the current documents, so rows that went stale are
+dropped. Work that became ready since the last fresh read waits at most
+`buffer_seconds`, and "nothing to lease" is only ever answered by a fresh read.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import logging
 import random
 import threading
 import time
@@ -34,8 +39,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.couch import Database
-from app.events import Doc, commit, repair_projection
+from app.events import Doc, commit
 from app.timeutil import iso
+
+log = logging.getLogger(__name__)
 
 LEASED = "leased"
 READY = "ready"
@@ -88,8 +95,32 @@ def lease_decision(
     return decide
 
 
+@dataclasses.dataclass
+class _Candidates:
+    """One queue's candidates in one process, shared by its concurrent lease calls."""
+
+    docs: collections.deque[Doc] = dataclasses.field(default_factory=collections.deque)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # guards docs
+    refill_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    generation: int = 0  # refills done; a caller that waited for one sees it moved
+    empty_generation: int = -1  # the refill that found the queue empty
+    fresh_at: float = float("-inf")  # when the index was last read fresh
+    cursor: list[Any] | None = None  # last key read, for the stale walk
+    contended: bool = False  # this process just lost races here
+    in_flight: set[str] = dataclasses.field(default_factory=set)  # taken, not yet recorded
+    prefetching: bool = False
+
+
 class QueueLeaser:
-    """Hands out ready work of one database, one lease call per queue at a time."""
+    """Hands out ready work of one database to concurrent lease calls, fairly.
+
+    Calls share one buffer of candidates per queue. Taking from it is a short
+    critical section; recording a lease (the conditional projection write and
+    the event) runs outside any lock, so calls do not wait behind each other's
+    writes. When the buffer runs low a background thread reads the next window
+    (prefetch), so a call rarely waits for an index read; when it does run
+    dry, one call refills while the others wait for that same read.
+    """
 
     def __init__(
         self,
@@ -98,37 +129,37 @@ class QueueLeaser:
         lease_slot: int = 0,
         lease_slots: int = 1,
         buffer_seconds: float = 5.0,
+        prefetch: bool = True,
     ) -> None:
         self.db = db
         self.slot, self.slots = lease_slot, max(1, lease_slots)
         self.buffer_seconds = buffer_seconds
-        self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self.prefetch = prefetch
         self._guard = threading.Lock()
-        self._buffers: dict[str, collections.deque[Doc]] = {}
-        self._fresh_at: dict[str, float] = {}  # when the index was last read fresh
-        self._cursors: dict[str, list[Any]] = {}  # last key read, for the stale walk
-        self._contended: set[str] = set()  # queues where this process just lost races
+        self._queues: dict[str, _Candidates] = {}
 
-    def _lock_for(self, queue: str) -> threading.Lock:
+    def _candidates(self, queue: str) -> _Candidates:
         with self._guard:
-            return self._locks[queue]
+            return self._queues.setdefault(queue, _Candidates())
 
     def lease(
         self, queue: str, holder: str, rows: int, now: datetime, duration: timedelta, actor: str
     ) -> list[Doc]:
         """Lease up to `rows` ready items of `queue` to `holder`; return their projections."""
-        with self._lock_for(queue):
-            leased: list[Doc] = []
-            # Every round takes candidates out of the buffer or refills it, and every
-            # lost race moves a projection forward, so rounds end; the cap is a backstop.
-            for _ in range(MAX_ROUNDS):
-                if len(leased) >= rows:
-                    break
-                batch = self._take(queue, rows - len(leased), now)
-                if not batch:
-                    break
+        leased: list[Doc] = []
+        # Every round takes candidates out of the buffer or refills it, and every
+        # lost race moves a projection forward, so rounds end; the cap is a backstop.
+        for _ in range(MAX_ROUNDS):
+            if len(leased) >= rows:
+                break
+            batch = self._take(queue, rows - len(leased), now)
+            if not batch:
+                break
+            try:
                 leased.extend(self._record(batch, queue, holder, now, duration, actor))
-            return leased
+            finally:
+                self._release(queue, batch)
+        return leased
 
     def _record(
         self,
@@ -148,91 +179,115 @@ class QueueLeaser:
             states={doc["_id"]: doc for doc in batch},
             retry_lost=0,
         )
-        lost = [o.aggregate for o in outcomes if o.lost_race]
-        if lost:
-            self._contended.add(queue)
-            self._repair_lagging(lost, {doc["_id"]: doc for doc in batch})
+        if any(o.lost_race for o in outcomes):
+            self._candidates(queue).contended = True
         return [o.state for o in outcomes if o.recorded and o.state is not None]
 
-    def _repair_lagging(self, lost: list[str], candidates: dict[str, Doc]) -> None:
-        """Repair lost candidates whose stored projection still lags their events.
-
-        Usually the winner has written its projection and the view drops the item.
-        But a winner that crashed between its two writes leaves a projection that
-        looks ready forever (until the projector job runs): without this, every
-        read would offer it again and the lease call would spin on it.
-        """
-        stored = self.db.get_many(lost)
-        for doc_id in lost:
-            doc = stored.get(doc_id)
-            if doc is not None and doc.get("version") == candidates[doc_id].get("version"):
-                repair_projection(self.db, doc_id)
+    def _release(self, queue: str, batch: list[Doc]) -> None:
+        cands = self._candidates(queue)
+        with cands.lock:
+            cands.in_flight.difference_update(doc["_id"] for doc in batch)
 
     def _take(self, queue: str, wanted: int, now: datetime) -> list[Doc]:
         """Up to `wanted` candidates: from the buffer, else from the next read."""
-        buffer = self._buffers.setdefault(queue, collections.deque())
+        cands = self._candidates(queue)
         for _ in range(MAX_ROUNDS):
-            taken: list[Doc] = []
-            while buffer and len(taken) < wanted:
-                doc = buffer.popleft()
-                if is_leasable(doc, queue, now):
-                    taken.append(doc)
+            taken = self._pop(cands, queue, wanted, now)
             if taken:
                 return taken
-            fresh = self._needs_fresh_read(queue)
-            buffer, rows_read = self._refill(queue, wanted, now, fresh=fresh)
-            if fresh and not rows_read:
-                return []  # a current index has nothing ready: the queue is empty
+            seen = cands.generation
+            with cands.refill_lock:
+                if cands.generation != seen:  # another call refilled while we waited
+                    if cands.empty_generation == cands.generation:
+                        return []
+                    continue
+                fresh = self._needs_fresh_read(cands)
+                rows_read = self._refill(cands, queue, wanted, now, fresh=fresh)
+                if fresh and not rows_read:
+                    cands.empty_generation = cands.generation
+                    return []  # a current index has nothing ready: the queue is empty
             # Rows whose documents moved on between the index read and the document
             # fetch (another process leased them) are no proof of an empty queue: read on.
         return []
 
-    def _needs_fresh_read(self, queue: str) -> bool:
-        age = time.monotonic() - self._fresh_at.get(queue, float("-inf"))
-        return queue not in self._cursors or age > self.buffer_seconds
+    def _pop(self, cands: _Candidates, queue: str, wanted: int, now: datetime) -> list[Doc]:
+        taken: list[Doc] = []
+        with cands.lock:
+            while cands.docs and len(taken) < wanted:
+                doc = cands.docs.popleft()
+                if is_leasable(doc, queue, now) and doc["_id"] not in cands.in_flight:
+                    taken.append(doc)
+            cands.in_flight.update(doc["_id"] for doc in taken)
+            low = len(cands.docs) < max(2 * wanted, 100)
+        if taken and low and self.prefetch:
+            self._start_prefetch(cands, queue, wanted, now)
+        return taken
+
+    def _start_prefetch(self, cands: _Candidates, queue: str, wanted: int, now: datetime) -> None:
+        with cands.lock:
+            if cands.prefetching:
+                return
+            cands.prefetching = True
+
+        def prefetch() -> None:
+            try:
+                with cands.refill_lock:
+                    self._refill(cands, queue, wanted, now, fresh=self._needs_fresh_read(cands))
+            except Exception:  # a lease call refills by itself; this was only a head start
+                log.warning("prefetching %s candidates failed", queue, exc_info=True)
+            finally:
+                cands.prefetching = False
+
+        threading.Thread(target=prefetch, name=f"prefetch-{queue}", daemon=True).start()
+
+    def _needs_fresh_read(self, cands: _Candidates) -> bool:
+        age = time.monotonic() - cands.fresh_at
+        return cands.cursor is None or age > self.buffer_seconds
 
     def _refill(
-        self, queue: str, wanted: int, now: datetime, *, fresh: bool
-    ) -> tuple[collections.deque[Doc], int]:
+        self, cands: _Candidates, queue: str, wanted: int, now: datetime, *, fresh: bool
+    ) -> int:
         """Read the next window of candidates into the buffer, own slot first.
 
         A fresh read starts at the head of the queue with a current index; a
         stale one (stale=ok: no index update) goes on from the cursor. When a
-        stale walk reaches the end, the next read is fresh.
+        stale walk reaches the end, the next read is fresh. Returns the rows read.
         """
         window = max(wanted * self.slots * 2, 200)
         params: dict[str, Any] = dict(ready_range(queue, now), limit=window, include_docs=True)
         if fresh:
-            self._fresh_at[queue] = time.monotonic()
+            cands.fresh_at = time.monotonic()
         else:
-            params.update(startkey=self._cursors[queue], skip=1, stale="ok")
+            params.update(startkey=cands.cursor, skip=1, stale="ok")
         rows = self.db.view("queues", "ready", reduce=False, **params)
-        if len(rows) == window:
-            self._cursors[queue] = rows[-1]["key"]
-        else:
-            self._cursors.pop(queue, None)  # the end: next time, read fresh from the head
+        cands.cursor = rows[-1]["key"] if len(rows) == window else None
         docs = [row["doc"] for row in rows if is_leasable(row.get("doc"), queue, now)]
         # Own slot first spreads processes over distinct candidates, but only within
         # a queue group: never-tried work still comes before every retry (stable sort).
-        if queue in self._contended:
+        if cands.contended:
             # Another process chases the same head (same slot, or slots not set):
             # take this window in random order, so the two stop colliding item by item.
-            self._contended.discard(queue)
+            cands.contended = False
             random.shuffle(docs)
         docs.sort(key=lambda d: (d.get("queue_group", 0), self._slot_of(d["_id"]) != self.slot))
-        self._buffers[queue] = buffer = collections.deque(docs)
-        return buffer, len(rows)
+        with cands.lock:
+            cands.docs = collections.deque(d for d in docs if d["_id"] not in cands.in_flight)
+            cands.generation += 1
+        return len(rows)
 
     def _slot_of(self, doc_id: str) -> int:
         return zlib.crc32(doc_id.encode("utf-8")) % self.slots
 
     def forget(self, queue: str | None = None) -> None:
         """Drop buffered candidates (after a reaper run, or in tests)."""
-        for state in (self._buffers, self._fresh_at, self._cursors):
-            if queue is None:
-                state.clear()
-            else:
-                state.pop(queue, None)
+        with self._guard:
+            for name in [queue] if queue is not None else list(self._queues):
+                cands = self._queues.get(name)
+                if cands is not None:
+                    with cands.lock:
+                        cands.docs.clear()
+                        cands.cursor = None
+                        cands.fresh_at = float("-inf")
 
 
 def reap_expired_leases(

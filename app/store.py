@@ -1,22 +1,73 @@
-"""Database set-up: create the database, sync design documents, warm indexes."""
+"""Database set-up: the read model and its event log, design documents, access, indexes."""
 
 from __future__ import annotations
 
+import logging
+
 from app import albums, archive, auth, downloads, torrents, workers  # noqa: F401 (projectors)
-from app.couch import Database
+from app.couch import CouchError, Database, DocumentConflictError
 from app.designdocs import build_design_docs, sync_design_docs, warm_views
+from app.events import event_log
 from app.tracker import accounts  # noqa: F401 (projectors)
+
+log = logging.getLogger(__name__)
+
+
+class LegacyLayoutError(Exception):
+    """The database still has the one-database layout of before the event log split."""
+
+
+def ensure_database(db: Database) -> None:
+    """Create a database if it is missing (another process creating it too is fine)."""
+    if not db.server.database_exists(db.name):
+        try:
+            db.server.create_database(db.name)
+        except DocumentConflictError:
+            pass  # created concurrently (412 reads as a conflict)
+
+
+def restrict_to_app_account(db: Database) -> None:
+    """Let only the app's own CouchDB account read and write this database.
+
+    Apache CouchDB 3.x makes new databases admin-only already; naming the
+    account keeps it so when an operator opens a database to members. Without
+    configured credentials (the bundled server's admin party) there is nobody
+    to name, so nothing is set.
+    """
+    user = db.server.username
+    if not user:
+        return
+    wanted = {"admins": {"names": [user], "roles": []}, "members": {"names": [user], "roles": []}}
+    try:
+        current = db.server.get_json(f"{db.path}/_security")
+        if current != wanted:
+            db.server.request("PUT", f"{db.path}/_security", body=wanted)
+    except CouchError as exc:  # e.g. an account that may write but not administer
+        log.warning("cannot restrict %s to the app's account: %s", db.name, exc.error)
 
 
 def init_database(db: Database, *, warm: bool = True) -> list[str]:
-    """Create the database if missing and sync design docs; return the ids written.
+    """Create the read model and the event log if missing and sync design docs.
 
-    Idempotent: nothing is written when the files and the stored docs agree.
+    Returns the ids of the design documents written. Idempotent: nothing is
+    written when the files and the stored docs agree. The log's design
+    document carries the only validator; the read model has none, so its
+    writes (projections, caches, checkpoints) cost no JavaScript per document.
     """
-    if not db.server.database_exists(db.name):
-        db.server.create_database(db.name)
-    docs = build_design_docs()
-    changed = sync_design_docs(db, docs)
-    if warm:
-        warm_views(db, docs)
+    from app.migrate import is_legacy_layout
+
+    if db.server.database_exists(db.name) and is_legacy_layout(db):
+        raise LegacyLayoutError(
+            f"database {db.name} has the old one-database layout (events and projections "
+            "together): stop the app, the scheduler and the tracker, then run "
+            "`distleech migrate` (README: Upgrading)"
+        )
+    changed = []
+    for database, role in ((db, "main"), (event_log(db), "events")):
+        ensure_database(database)
+        docs = build_design_docs(database=role)
+        changed += sync_design_docs(database, docs)
+        if warm:
+            warm_views(database, docs)
+    restrict_to_app_account(db)
     return changed

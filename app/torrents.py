@@ -639,7 +639,26 @@ def register_upload(db: Database, upload: Upload, *, actor: str, now: datetime) 
     decisions.append(tracker_accounts.registry_decision(info_hash, _upload_name(upload)))
     outcomes = commit(db, decisions, actor=actor, now=now, states=states)
     check_none_lost(outcomes)
+    if outcomes[0].recorded:
+        refresh_matching_index(db)
     return _upload_report(upload, outcomes[:-1], stored)
+
+
+MATCHING_VIEWS = ("by_file", "by_top_dir")
+
+
+def refresh_matching_index(db: Database) -> None:
+    """Bring the matching views up to date before a registration is answered.
+
+    The matcher reads them stale (app/ingest_match.py): every recorded match
+    rewrites a torrent, and re-indexing on every read would cost more than
+    the look-ups. Refreshing here, where torrents are added or their files
+    change, means a stale read still sees every registered torrent. Both views
+    are read: pouchdb-server keeps an index per view, Apache CouchDB one per
+    design document (`matching` holds only these two, which must be fresh together).
+    """
+    for view in MATCHING_VIEWS:
+        db.view("matching", view, limit=0)
 
 
 def _upload_name(upload: Upload) -> str:
@@ -704,6 +723,8 @@ def _register_batch(db: Database, uploads: list[Upload], actor: str, now: dateti
             decisions.append((task_id, downloads.link_decision(upload.info_hash)))
     outcomes = commit(db, decisions, actor=actor, now=now)
     check_none_lost(outcomes)
+    if any(o.recorded and o.aggregate.startswith("torrent:") for o in outcomes):
+        refresh_matching_index(db)
     return sum(1 for o in outcomes if o.recorded)
 
 

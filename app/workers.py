@@ -122,7 +122,7 @@ def _result_decision(event: str, task_id: int, source: str) -> Decision:
 def record_task_result(
     db: Database, name: str, task_id: int, status: str, *, source: str, now: datetime
 ) -> None:
-    """Count a URL task result, identified by its task event id `source`, for its worker.
+    """Count a URL task result, identified by `source` (its task change: event id/task id).
 
     One worker's concurrent results race for the same event version. commit
     re-decides a loser, and when the event store gives up (ConcurrencyError,

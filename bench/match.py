@@ -12,7 +12,7 @@ gunicorn, BATCH listings per request and JOBS requests in flight, and records
 every match.
 
 Baseline: for each directory, the two keyed view reads the matcher makes
-(torrents/by_file with the listing's [path, size] keys, torrents/by_top_dir
+(matching/by_file with the listing's [path, size] keys, matching/by_top_dir
 with its name), sent raw to CouchDB from JOBS threads, one directory at a
 time. The ratio is directories/s of the scan over directories/s of those raw
 reads; target 0.5. The scanner's batches share their reads (one by_file and
@@ -161,7 +161,7 @@ def raw_lookups(url: str, listings: list[tuple[str, list[tuple[str, int]]]]) -> 
     from app.torrents import normalize_dir, normalize_path
 
     local = threading.local()
-    base = f"{url}/{DATABASE}/_design/torrents/_view"
+    base = f"{url}/{DATABASE}/_design/matching/_view"
 
     def lookup(listing: tuple[str, list[tuple[str, int]]]) -> None:
         if not hasattr(local, "session"):
@@ -210,7 +210,7 @@ def _check_outcomes(db: Any, plan: list[tuple[int, str | None]]) -> dict[str, in
 def _warm(db: Any) -> float:
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        builds = [pool.submit(db.view, "torrents", v, limit=0) for v in ("by_file", "by_top_dir")]
+        builds = [pool.submit(db.view, "matching", v, limit=0) for v in ("by_file", "by_top_dir")]
         for build in builds:
             build.result()
     return time.perf_counter() - started

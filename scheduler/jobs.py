@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import app.store  # noqa: F401  (registers every projector that catch-up may replay)
-from app import events, leasing, stats
+from app import leasing, projections, stats
 from app.config import Settings
 from app.couch import Database
 from app.tracker import peersdb
@@ -33,15 +33,17 @@ def reap_expired_leases(db: Database, now: datetime) -> int:
 
 
 def catch_up_projections(db: Database, now: datetime) -> int:
-    """Repair projections that lag their events; return how many were repaired.
+    """Bring the read model to the log; return how many projections were repaired.
 
-    Heals a crash between writing an event and its projection. `now` is
-    unused (events carry their own times); it keeps every job's signature alike.
+    Follows the log for changes the read model misses (events from another
+    site, a lost projection write), then rolls back projections of commands
+    that crashed before their event reached the log (app/projections.py).
     """
-    repaired = events.catch_up_projections(db)
-    if repaired:
-        log.info("repaired %d lagging projections", repaired)
-    return repaired
+    repaired = projections.catch_up_projections(db)
+    rolled_back = projections.repair_phantoms(db, now)
+    if repaired or rolled_back:
+        log.info("repaired %d lagging projections, rolled back %d", repaired, rolled_back)
+    return repaired + rolled_back
 
 
 def snapshot_stats(db: Database, now: datetime) -> dict[str, Any]:

@@ -48,8 +48,9 @@ def db(couch_server):
     init_database(database, warm=False)
     yield database
     couch_server.delete_database(name)
-    if couch_server.database_exists(f"{name}_peers"):  # the tracker's, made by the app
-        couch_server.delete_database(f"{name}_peers")
+    for companion in ("events", "secrets", "peers"):  # the log, credentials, tracker swarms
+        if couch_server.database_exists(f"{name}_{companion}"):
+            couch_server.delete_database(f"{name}_{companion}")
 
 
 class Clock:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from app import downloads
 from app.albums import album_doc_id, import_albums
 from app.downloads import TorrentRef
-from app.events import EVENT_PREFIX, commit
+from app.events import EVENT_PREFIX, append_event, commit, event_log, new_event_id, site_of
 from app.ids import normalize_key, stable_int_id
+from app.timeutil import iso
 
 PTH = "passtheheadphones.me"
 
@@ -35,18 +36,44 @@ def get_album(db, album_id):
 
 
 def event_ids(db):
-    """Every event document id, in id order."""
-    rows = db.server.get_json(
-        f"{db.path}/_all_docs", startkey=EVENT_PREFIX, endkey=EVENT_PREFIX + "\ufff0"
-    )["rows"]
-    return [row["id"] for row in rows]
+    """Every event document id in the log, in id (time) order."""
+    return list(event_log(db).iter_ids(EVENT_PREFIX))
+
+
+def all_changes(db):
+    """Every change recorded in the log, as (aggregate, version, name), in log order."""
+    changes = []
+    for event in event_log(db).iter_prefix(EVENT_PREFIX):
+        changes += [(c["aggregate"], c["version"], c["name"]) for c in event["changes"]]
+    return changes
 
 
 def db_snapshot(db):
-    """Every document id with its revision: equal snapshots mean nothing was written."""
-    rows = db.server.get_json(f"{db.path}/_all_docs")["rows"]
-    return {row["id"]: row["value"]["rev"] for row in rows}
+    """Every document id with its revision, in the read model and the log: equal
+    snapshots mean nothing was written."""
+    snapshot = {}
+    for database in (db, event_log(db)):
+        rows = database.server.get_json(f"{database.path}/_all_docs")["rows"]
+        snapshot.update({row["id"]: row["value"]["rev"] for row in rows})
+    return snapshot
 
 
 def ids_of(albums):
     return [album["id"] for album in albums]
+
+
+def append_change(db, aggregate, version, name, data, *, actor="test", now, site=None):
+    """Write a one-change event straight to the log, as a crashed writer or another
+    site would leave it: the read model does not see it until the projector runs."""
+    site = site or site_of(db)
+    event = {
+        "_id": new_event_id(now, site),
+        "type": "event",
+        "name": name,
+        "at": iso(now),
+        "actor": actor,
+        "site": site,
+        "changes": [{"aggregate": aggregate, "version": version, "name": name, "data": data}],
+    }
+    append_event(db, event)
+    return event

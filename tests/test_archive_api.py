@@ -9,7 +9,8 @@ from conftest import token_header
 
 from app import archive
 from app.auth import issue_token
-from app.events import read_events, rebuild_projections
+from app.events import read_events
+from app.projections import rebuild_projections
 from app.leasing import reap_expired_leases
 from app.timeutil import iso
 

@@ -12,6 +12,7 @@ from app.couch import (
     DocumentConflictError,
     DocumentNotFoundError,
 )
+from app.events import event_log
 
 
 def test_missing_document_raises_not_found(db):
@@ -58,22 +59,35 @@ def test_create_database_is_idempotent(couch_server):
     couch_server.delete_database(name)  # missing: no error
 
 
+GOOD_EVENT = {
+    "_id": "ev:20260101T000000.000000Z:here:0123456789abcde",
+    "type": "event",
+    "name": "imported",
+    "at": "2026-01-01T00:00:00.000000Z",
+    "actor": "t",
+    "site": "here",
+    "changes": [{"aggregate": "album:1", "version": 1, "name": "imported", "data": {}}],
+}
+
+
 def test_bulk_results_are_matched_to_inputs_by_id(db):
     """pouchdb-server reorders results around design and rejected docs; ours keep input order."""
-    db.put({"_id": "album:2", "type": "album"})
+    log = event_log(db)  # the database with a validator, so some docs are rejected
+    good = dict(GOOD_EVENT)
+    log.put(dict(good, _id=good["_id"] + "2"))
     docs = [
-        {"_id": "album:1", "type": "album"},
+        dict(good, _id=good["_id"] + "1"),
         {"_id": "_design/extra", "language": "javascript"},
-        {"_id": "album:2", "type": "album"},  # exists: conflict
-        {"_id": "album:3"},  # no type: forbidden by validate_doc_update
-        {"_id": "album:4", "type": "album"},
+        dict(good, _id=good["_id"] + "2"),  # exists: refused
+        {"_id": "ev:x", "type": "album"},  # not an event: forbidden by validate_doc_update
+        dict(good, _id=good["_id"] + "4"),
     ]
-    results = db.bulk_docs(docs)
+    results = log.bulk_docs(docs)
     assert [r.id for r in results] == [d["_id"] for d in docs]
     assert [r.ok for r in results] == [True, True, False, False, True]
-    assert (results[2].error, results[3].error) == ("conflict", "forbidden")
-    assert db.get("album:4")["_rev"] == results[4].rev
-    assert db.get("_design/extra")["_rev"] == results[1].rev
+    assert results[2].error in ("conflict", "forbidden") and results[3].error == "forbidden"
+    assert log.get(docs[4]["_id"])["_rev"] == results[4].rev
+    assert log.get("_design/extra")["_rev"] == results[1].rev
 
 
 def test_bulk_refuses_one_id_twice(db):
@@ -128,21 +142,8 @@ def test_view_with_keys_posts_them(db):
 
 
 def test_changes_reads_events_only_with_the_filter(db):
-    db.bulk_docs(
-        [
-            {"_id": "album:1", "type": "album"},
-            {
-                "_id": "ev:album:1:0000000001",
-                "type": "event",
-                "aggregate": "album:1",
-                "version": 1,
-                "name": "imported",
-                "at": "2026-01-01T00:00:00.000000Z",
-                "actor": "t",
-                "data": {},
-            },
-        ]
-    )
-    feed = db.changes(since=0, filter="events/events")
-    assert [c["id"] for c in feed["results"]] == ["ev:album:1:0000000001"]
-    assert db.changes(since=feed["last_seq"], filter="events/events")["results"] == []
+    log = event_log(db)
+    log.bulk_docs([{"_id": "_design/extra", "language": "javascript"}, dict(GOOD_EVENT)])
+    feed = log.changes(since=0, filter="log/events")
+    assert [c["id"] for c in feed["results"]] == [GOOD_EVENT["_id"]]
+    assert log.changes(since=feed["last_seq"], filter="log/events")["results"] == []

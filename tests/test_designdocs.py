@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from app.designdocs import DESIGNDOCS_DIR, VIEWS_DIR, build_design_docs, sync_design_docs
+from app.events import event_log
 
 
 @pytest.fixture
@@ -30,9 +31,11 @@ def test_file_paths_become_key_paths():
     assert queues["language"] == "javascript"
     assert queues["views"]["leases_by_expiry"]["reduce"] == "_count"
     assert queues["views"]["ready"]["map"].startswith("function")  # leading comments dropped
-    events = docs["_design/events"]
-    assert events["filters"]["events"].startswith("function")
-    assert events["validate_doc_update"].startswith("function")
+    assert "_design/log" not in docs  # it belongs to the event log, not the read model
+    log = build_design_docs(database="events")["_design/log"]
+    assert log["filters"]["events"].startswith("function")
+    assert log["validate_doc_update"].startswith("function")
+    assert log["views"]["by_aggregate"]["map"].startswith("function")
 
 
 def test_sync_is_idempotent(db):
@@ -91,7 +94,13 @@ def test_a_new_view_and_a_removed_view_are_synced(db, files):
 
 def test_a_changed_validate_function_is_written(db, files):
     designdocs, views = files
-    validate = designdocs / "events" / "validate_doc_update.js"
-    validate.write_text(validate.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    log = event_log(db)
+    validate = designdocs / "log" / "validate_doc_update.js"
+    text = validate.read_text(encoding="utf-8")
+    validate.write_text(text + "\n", encoding="utf-8")
     # trailing whitespace is not a change: the stored text is stripped
-    assert sync_design_docs(db, build_design_docs(designdocs, views)) == []
+    assert sync_design_docs(log, build_design_docs(designdocs, views, database="events")) == []
+    validate.write_text(text.replace("never changed", "not changed"), encoding="utf-8")
+    built = build_design_docs(designdocs, views, database="events")
+    assert sync_design_docs(log, built) == ["_design/log"]
+    assert "not changed" in log.get("_design/log")["validate_doc_update"]

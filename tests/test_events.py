@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-import pytest
-from factories import PTH, get_album, make_albums, make_download_task
+from datetime import timedelta
 
+import pytest
+from factories import (
+    PTH,
+    all_changes,
+    append_change,
+    event_ids,
+    get_album,
+    make_albums,
+    make_download_task,
+)
+
+from app import events
 from app.albums import album_doc_id, submit_metadata
 from app.couch import CouchError, DocumentConflictError
 from app.downloads import TorrentRef, submit_downloads, task_doc_id
 from app.events import (
+    EVENT_PREFIX,
     ConcurrencyError,
-    _lost_race,
-    catch_up_projections,
     commit,
-    event_id,
-    make_event,
+    event_log,
     read_events,
-    rebuild_projections,
 )
 from app.leasing import reap_expired_leases
+from app.projections import catch_up_projections, rebuild_projections, repair_phantoms
 from app.timeutil import iso
 
 
@@ -40,85 +49,118 @@ def workflow(client, db, worker, clock):
     return ids
 
 
-# ---------------------------------------------------------------- immutability
+# ---------------------------------------------------------------- the log
+
+
+def only_event(db):
+    [event_id] = event_ids(db)
+    return event_log(db).get(event_id)
+
+
+def test_one_command_over_many_aggregates_is_one_event(db, clock):
+    """An import batch pays the validator once: one event, a change per album."""
+    ids = make_albums(db, 3, now=clock())
+    event = only_event(db)
+    assert event["name"] == "imported" and event["actor"] == "test" and event["site"]
+    assert [c["aggregate"] for c in event["changes"]] == [album_doc_id(i) for i in ids]
+    assert {c["version"] for c in event["changes"]} == {1}
+    assert all(get_album(db, i)["last_event"] == event["_id"] for i in ids)
+
+
+def test_the_read_model_holds_no_event_and_the_log_nothing_else(db, clock):
+    make_albums(db, 2, now=clock())
+    assert all(not i.startswith(EVENT_PREFIX) for i in db_snapshot_ids(db))
+    assert db.get_or_none("_design/log") is None  # the validator lives in the log only
+    with pytest.raises(CouchError) as refused:
+        event_log(db).put({"_id": "album:1", "type": "album"})
+    assert refused.value.error == "forbidden"
+
+
+def db_snapshot_ids(db):
+    return [row["id"] for row in db.server.get_json(f"{db.path}/_all_docs")["rows"]]
 
 
 def test_changing_an_event_is_refused(db, clock):
-    [album] = make_albums(db, 1, now=clock())
-    event = db.get(event_id(album_doc_id(album), 1))
-    event["data"]["album"] = "Something Else"
+    make_albums(db, 1, now=clock())
+    event = only_event(db)
+    event["changes"][0]["data"]["album"] = "Something Else"
     with pytest.raises(CouchError) as refused:
-        db.put(event)
+        event_log(db).put(event)
     assert (refused.value.status, refused.value.error) == (403, "forbidden")
-    assert db.get(event["_id"])["data"]["album"] == "Album 0"
+    assert only_event(db)["changes"][0]["data"]["album"] == "Album 0"
 
 
 def test_deleting_an_event_is_refused(db, clock):
-    [album] = make_albums(db, 1, now=clock())
-    event = db.get(event_id(album_doc_id(album), 1))
+    make_albums(db, 1, now=clock())
+    event = only_event(db)
     with pytest.raises(CouchError) as refused:
-        db.delete(event["_id"], event["_rev"])
+        event_log(db).delete(event["_id"], event["_rev"])
     assert refused.value.error == "forbidden"
-    assert db.get(event["_id"])["_rev"] == event["_rev"]
-    [result] = db.bulk_docs([dict(event, _deleted=True)])
+    [result] = event_log(db).bulk_docs([dict(event, _deleted=True)])
     assert result.error == "forbidden"
-    assert db.get(event["_id"])["_rev"] == event["_rev"]
+    assert only_event(db)["_rev"] == event["_rev"]
+
+
+GOOD = {
+    "_id": "ev:20260101T000000.000000Z:here:0123456789abcdef",
+    "type": "event",
+    "name": "imported",
+    "at": "2026-01-01T00:00:00.000000Z",
+    "actor": "test",
+    "site": "here",
+    "changes": [{"aggregate": "album:1", "version": 1, "name": "imported", "data": {}}],
+}
 
 
 @pytest.mark.parametrize(
-    "doc",
+    "override",
     [
-        {"_id": "album:1", "state": "ready"},
-        {"_id": "album:1", "type": ""},
-        {"_id": "album:1", "type": 5},
-        {"_id": "other:1", "type": "album"},
-        {"_id": "ev:album:1:0000000001", "type": "event", "aggregate": "album:1", "version": 1},
-        {
-            "_id": "ev:album:1:1",
-            "type": "event",
-            "aggregate": "album:1",
-            "version": 1,
-            "name": "imported",
-            "at": "2026-01-01T00:00:00.000000Z",
-            "actor": "test",
-            "data": {},
-        },
-        {
-            "_id": "ev:album:1:0000000000",
-            "type": "event",
-            "aggregate": "album:1",
-            "version": 0,
-            "name": "imported",
-            "at": "2026-01-01T00:00:00.000000Z",
-            "actor": "test",
-            "data": {},
-        },
+        {"type": "album"},
+        {"_id": "album:1"},
+        {"name": ""},
+        {"site": None},
+        {"changes": []},
+        {"changes": [{"aggregate": "album", "version": 1, "name": "x", "data": {}}]},
+        {"changes": [{"aggregate": "album:1", "version": 0, "name": "x", "data": {}}]},
+        {"changes": [{"aggregate": "album:1", "version": 1.5, "name": "x", "data": {}}]},
+        {"changes": [{"aggregate": "album:1", "version": 1, "name": "x"}]},
     ],
-    ids=["no-type", "empty-type", "number-type", "id-prefix", "event-fields", "event-id", "v0"],
+    ids=["type", "id", "name", "site", "no-changes", "aggregate", "v0", "v1.5", "no-data"],
 )
-def test_documents_without_their_required_fields_are_refused(db, doc):
+def test_malformed_events_are_refused(db, override):
+    doc = dict(GOOD, **override)
     with pytest.raises(CouchError) as refused:
-        db.put(dict(doc))
+        event_log(db).put(dict(doc))
     assert refused.value.error == "forbidden"
-    assert db.get_or_none(doc["_id"]) is None
-    [result] = db.bulk_docs([dict(doc)])  # the same rule holds for bulk writes
+    [result] = event_log(db).bulk_docs([dict(doc)])  # the same rule holds for bulk writes
     assert result.error == "forbidden"
+    assert event_ids(db) == []
+    event_log(db).put(dict(GOOD))  # the well-formed one is stored
+    assert event_ids(db) == [GOOD["_id"]]
 
 
-def test_creating_an_existing_event_is_a_lost_race(db, clock):
-    """CouchDB answers conflict, pouchdb-server forbidden event_immutable; both mean taken."""
-    [album] = make_albums(db, 1, now=clock())
-    again = make_event(album_doc_id(album), 1, "imported", {"x": 1}, "other", clock())
-    [result] = db.bulk_docs([again])
-    assert not result.ok
-    assert _lost_race(result)
-    with pytest.raises(CouchError) as refused:
-        db.put(dict(again))
-    assert refused.value.status in (403, 409)
+@pytest.mark.parametrize(
+    "keys",
+    [("x:", "x:9"), ("x", "x:\ufff0"), ("a:b", "a:b:c"), ("ü:1", "ü:1:\u00e9")],
+    ids=["colon", "ufff0", "nested", "non-ascii"],
+)
+def test_aggregate_keys_holding_colons_and_any_character_keep_their_own_events(db, clock, keys):
+    """An aggregate's events are found by key, never by an id range that another key
+    could fall into (`ev:whitelist:x:…` inside `whitelist:x:9`'s range)."""
+    first, second = (f"worker:{k}" for k in keys)
+    for doc_id, status in ((first, "one"), (second, "two"), (first, "three")):
+        data = {"status": status, "at": iso(clock()), "heartbeat": True}
+        commit(db, [(doc_id, lambda s, d=data: ("heartbeat", d))], actor="w", now=clock())
+    assert [e["data"]["status"] for e in read_events(db, first)] == ["one", "three"]
+    assert [e["data"]["status"] for e in read_events(db, second)] == ["two"]
+    assert rebuild_projections(db, check_only=True).differing == []
+
+
+# ---------------------------------------------------------------- concurrency
 
 
 def test_commit_decides_again_after_a_lost_race(db, clock):
-    """Optimistic concurrency: a writer holding an old state loses the version and retries."""
+    """Optimistic concurrency: a writer holding an old state loses the _rev and retries."""
     [album] = make_albums(db, 1, now=clock())
     doc_id = album_doc_id(album)
     stale = db.get(doc_id)
@@ -162,6 +204,7 @@ def test_lease_with_retry_0_reports_the_lost_race(db, clock):
     )
     assert (outcome.recorded, outcome.lost_race) == (False, True)
     assert db.get(doc_id)["version"] == 2
+    assert len(event_ids(db)) == 2  # the loser wrote no event
 
 
 def test_a_submission_that_keeps_losing_its_race_is_not_reported_accepted(db, clock, monkeypatch):
@@ -169,21 +212,20 @@ def test_a_submission_that_keeps_losing_its_race_is_not_reported_accepted(db, cl
     [album] = make_albums(db, 1, now=clock())
     doc_id = album_doc_id(album)
     write = db.bulk_docs
+    rival_writing = []
 
     def rival_writes_first(docs, **kwargs):
-        for doc in docs:  # a rival records the very version we are about to write
-            if doc.get("type") == "event" and doc["aggregate"] == doc_id:
-                not_found = {"retry_at": iso(clock())}
-                write(
-                    [make_event(doc_id, doc["version"], "not_found", not_found, "rival", clock())]
-                )
+        if not rival_writing and any(doc["_id"] == doc_id for doc in docs):
+            rival_writing.append(True)  # a rival records a change first, every time
+            not_found = {"retry_at": iso(clock())}
+            commit(db, [(doc_id, lambda s: ("not_found", not_found))], actor="r", now=clock())
+            rival_writing.pop()
         return write(docs, **kwargs)
 
     monkeypatch.setattr(db, "bulk_docs", rival_writes_first)
     with pytest.raises(ConcurrencyError):
         submit_metadata(db, {album: [TorrentRef(PTH, 1)]}, holder="w", now=clock(), retry_minutes=1)
     monkeypatch.undo()
-    catch_up_projections(db)
     stored = get_album(db, album)
     assert stored["state"] != "found"
     assert stored["not_found"] == stored["version"] - 1  # every rival fact is kept
@@ -193,44 +235,82 @@ def test_a_submission_that_keeps_losing_its_race_is_not_reported_accepted(db, cl
 # ---------------------------------------------------------------- crash healing
 
 
-def test_catch_up_heals_an_event_without_its_projection(db, clock):
-    """A crash between the event write and the projection write heals itself."""
+def crash_before_the_log(monkeypatch, *, process_dies=True):
+    """Make the next commits fail after their projections, before their event; with
+    process_dies the process is gone too, so it cannot put the projections back."""
+
+    def crash(db, event):
+        raise ConnectionError("the log could not be reached")
+
+    monkeypatch.setattr(events, "append_event", crash)
+    if process_dies:
+        monkeypatch.setattr(events, "_undo_claims", lambda *args: None)
+
+
+def test_a_command_whose_event_is_refused_puts_its_projections_back(
+    client, db, worker, clock, monkeypatch
+):
+    ids = make_albums(db, 3, now=clock())
+    crash_before_the_log(monkeypatch, process_dies=False)
+    assert client.get("/metadata/2", headers=worker).status_code >= 500  # never "ok"
+    with pytest.raises(ConnectionError):
+        make_albums(db, 2, now=clock(), title="New {i}")
+    monkeypatch.undo()
+    assert {get_album(db, i)["state"] for i in ids} == {"ready"}  # at once, no grace
+    assert rebuild_projections(db, check_only=True).differing == []
+    assert rebuild_projections(db, check_only=True).without_events == []
+    assert len(client.get("/metadata/5", headers=worker).get_json()["albums"]) == 3
+
+
+def test_a_command_that_dies_before_its_event_is_rolled_back_after_the_grace(
+    client, db, worker, clock, monkeypatch
+):
+    """A lease whose event never reached the log was never answered: its albums
+    go back to the queue, and the read model equals the log again."""
+    ids = make_albums(db, 3, now=clock())
+    crash_before_the_log(monkeypatch)
+    assert client.get("/metadata/2", headers=worker).status_code >= 500  # never "ok"
+    monkeypatch.undo()
+    assert sum(get_album(db, i)["state"] == "leased" for i in ids) == 2  # phantoms
+    assert "leased" not in {name for _, _, name in all_changes(db)}  # no fact recorded
+    # within the grace period a commit may still be in flight: nothing is touched
+    assert repair_phantoms(db, clock(), grace_seconds=60) == 0
+    clock.advance(seconds=61)
+    assert repair_phantoms(db, clock(), grace_seconds=60) == 2
+    assert {get_album(db, i)["state"] for i in ids} == {"ready"}
+    assert rebuild_projections(db, check_only=True).differing == []
+    assert len(client.get("/metadata/5", headers=worker).get_json()["albums"]) == 3
+    assert repair_phantoms(db, clock() + timedelta(minutes=5)) == 0  # the checkpoint moved on
+
+
+def test_an_import_that_dies_before_its_event_can_be_run_again(db, clock, monkeypatch):
+    crash_before_the_log(monkeypatch)
+    with pytest.raises(ConnectionError):
+        make_albums(db, 3, now=clock())
+    monkeypatch.undo()
+    clock.advance(minutes=5)
+    assert repair_phantoms(db, clock()) == 3
+    assert rebuild_projections(db, check_only=True).differing == []
+    ids = make_albums(db, 3, now=clock())  # the import again: every album is added
+    assert [get_album(db, i)["version"] for i in ids] == [1, 1, 1]
+    assert len(all_changes(db)) == 3
+
+
+def test_catch_up_heals_an_event_whose_projection_was_lost(db, clock):
+    """An event in the log that the read model misses (a lost write, or a site's
+    replicated event) is projected by the projector."""
     [album] = make_albums(db, 1, now=clock())
     doc_id = album_doc_id(album)
     expires = iso(clock().replace(hour=13))
-    db.put(make_event(doc_id, 2, "leased", {"holder": "w", "expires_at": expires}, "w", clock()))
-    assert get_album(db, album)["version"] == 1  # the crash: projection lags
+    lease = {"holder": "w", "expires_at": expires}
+    append_change(db, doc_id, 2, "leased", lease, actor="w", now=clock())
+    assert get_album(db, album)["version"] == 1  # the read model lags
     assert rebuild_projections(db, check_only=True).differing == [doc_id]
     assert catch_up_projections(db) == 1
     healed = get_album(db, album)
     assert (healed["version"], healed["state"], healed["lease"]["holder"]) == (2, "leased", "w")
     assert rebuild_projections(db, check_only=True).differing == []
-    # the checkpoint moved on: nothing left to repair
-    assert catch_up_projections(db) == 0
-
-
-def test_leasing_skips_an_item_whose_projection_lags(client, db, worker, clock):
-    """An album leased by a writer that crashed before its projection write is not handed
-    out again, and the lease call does not spin on it."""
-    crashed, healthy = make_albums(db, 2, now=clock())
-    expires = iso(clock().replace(hour=13))
-    doc_id = album_doc_id(crashed)
-    db.put(make_event(doc_id, 2, "leased", {"holder": "w", "expires_at": expires}, "w", clock()))
-    response = client.get("/metadata/5", headers=worker)
-    assert [a["id"] for a in response.get_json()["albums"]] == [healthy]
-    assert get_album(db, crashed)["lease"]["holder"] == "w"
-    assert client.get("/metadata/5", headers=worker).get_json() == {"albums": []}
-
-
-def test_submission_repairs_a_lagging_projection_and_keeps_both_facts(db, clock):
-    [album] = make_albums(db, 1, now=clock())
-    doc_id = album_doc_id(album)
-    db.put(make_event(doc_id, 2, "not_found", {"retry_at": iso(clock())}, "w", clock()))
-    ref = TorrentRef(PTH, 3)
-    submit_metadata(db, {album: [ref]}, holder="w2", now=clock(), retry_minutes=60)
-    stored = get_album(db, album)
-    assert (stored["version"], stored["state"], stored["not_found"]) == (3, "found", 1)
-    assert rebuild_projections(db, check_only=True).differing == []
+    assert catch_up_projections(db) == 0  # the checkpoint moved on
 
 
 # ---------------------------------------------------------------- rebuild
@@ -280,6 +360,17 @@ def test_rebuild_pages_through_many_streams(db, clock):
     submit_downloads(db, {"/x": [TorrentRef(PTH, 4)]}, holder="w", now=clock())
     report = rebuild_projections(db, check_only=True, batch=7)
     assert (report.aggregates, report.events, report.differing) == (31, 32, [])
+
+
+def test_rebuild_reports_and_removes_projections_without_events(db, clock):
+    make_albums(db, 2, now=clock())
+    db.put({"_id": "album:999", "type": "album", "state": "ready", "queue": "metadata"})
+    report = rebuild_projections(db, check_only=True)
+    assert report.without_events == ["album:999"]
+    assert db.get_or_none("album:999") is not None  # check_only writes nothing
+    assert rebuild_projections(db).deleted == 1
+    assert db.get_or_none("album:999") is None
+    assert rebuild_projections(db, check_only=True).without_events == []
 
 
 def test_a_failed_write_raises_and_is_not_reported_as_recorded(db, clock):

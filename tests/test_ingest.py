@@ -25,7 +25,7 @@ from torrent_factories import (
 )
 
 from app.downloads import task_doc_id
-from app.events import rebuild_projections
+from app.projections import rebuild_projections
 from app.ingest_cli import ingest as ingest_group
 from app.ingest_parse import LISTING_VALIDATOR, is_plainly_valid
 from app.torrents import torrent_doc_id
@@ -138,6 +138,22 @@ def test_identical_file_lists_are_several_matches_and_all_recorded(
     assert report["outcome"] == "several_matched"
     assert sorted(m["info_hash"] for m in report["matched"]) == sorted([first, second])
     assert db.get(task_doc_id(PTH, 1))["state"] == db.get(task_doc_id(OPS, 9))["state"] == "done"
+
+
+def test_a_cross_seed_registered_after_a_scan_is_found_by_the_next_scan(
+    client, db, worker, clock, volume
+):
+    """The matcher reads its views stale; a torrent registered since the last scan
+    must still be found (registration refreshes the matching index), even when
+    another torrent already matches the same directory."""
+    root = write_files(volume / "Album", {"a.flac": 70_000})
+    first = register(client, db, worker, clock, root, 1)
+    assert send(client, worker, listing_of(root))["outcome"] == "matched"
+    second = register(client, db, worker, clock, root, 9, site=OPS, private=False)
+    report = send(client, worker, listing_of(root))
+    assert report["outcome"] == "several_matched"
+    assert sorted(m["info_hash"] for m in report["matched"]) == sorted([first, second])
+    assert db.get(task_doc_id(OPS, 9))["state"] == "done"
 
 
 def test_a_loose_file_matches_a_single_file_torrent(client, db, worker, clock, volume):

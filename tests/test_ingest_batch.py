@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import token_header
-from factories import PTH, db_snapshot, event_ids, make_download_task
+from factories import PTH, all_changes, db_snapshot, make_download_task
 from torrent_factories import (
     info_hash_of,
     listing_of,
@@ -27,11 +27,12 @@ from werkzeug.serving import make_server
 from app import create_app
 from app.auth import issue_token
 from app.downloads import task_doc_id
-from app.events import rebuild_projections
+from app.events import EVENT_PREFIX, changes_of, event_log
 from app.ingest_cli import Coordinator, Scanner, batches
 from app.ingest_cli import ingest as ingest_group
 from app.ingest_parse import MAX_BATCH_FILES, MAX_BATCH_LISTINGS
 from app.ingest_volume import Entry
+from app.projections import rebuild_projections, strip_bookkeeping
 from app.store import init_database
 from app.torrents import torrent_doc_id
 
@@ -67,17 +68,19 @@ def projections(db):
     """Every torrent and download task projection, without revisions."""
     rows = db.server.get_json(f"{db.path}/_all_docs", include_docs=True)["rows"]
     docs = [row["doc"] for row in rows if row["id"].startswith(("torrent:", "dltask:"))]
-    return {doc["_id"]: {k: v for k, v in doc.items() if k != "_rev"} for doc in docs}
+    return {doc["_id"]: strip_bookkeeping(doc) | {"version": doc["version"]} for doc in docs}
 
 
 def events_of(db):
-    """The events of torrents, download tasks and albums (not of tokens), without revisions."""
-    rows = db.server.get_json(
-        f"{db.path}/_all_docs", startkey="ev:", endkey="ev:\ufff0", include_docs=True
-    )["rows"]
-    docs = [row["doc"] for row in rows]
-    kept = [d for d in docs if d["aggregate"].startswith(("torrent:", "dltask:", "album:"))]
-    return [{k: v for k, v in doc.items() if k != "_rev"} for doc in kept]
+    """The changes to torrents, download tasks and albums (not tokens), per aggregate in
+    version order, without the ids of the events that hold them."""
+    changes = []
+    for event in event_log(db).iter_prefix(EVENT_PREFIX):
+        for change in changes_of(event):
+            if change["aggregate"].startswith(("torrent:", "dltask:", "album:")):
+                change.pop("event")
+                changes.append(change)
+    return sorted(changes, key=lambda c: (c["aggregate"], c["version"]))
 
 
 @pytest.fixture
@@ -203,7 +206,7 @@ def test_the_same_torrent_in_two_listings_of_a_batch_ends_where_the_later_one_is
 def test_the_same_listing_twice_in_a_batch_is_recorded_once(client, db, worker, clock, volume):
     root = write_files(volume / "Album", ALBUM)
     register(client, db, worker, clock, root, 37)
-    before = len(event_ids(db))
+    before = len(all_changes(db))
     first, again, dry = send_batch(
         client, worker, [listing_of(root), listing_of(root), listing_of(root, dry_run=True)]
     )
@@ -213,7 +216,7 @@ def test_the_same_listing_twice_in_a_batch_is_recorded_once(client, db, worker, 
     )
     assert again["matched"][0]["tasks"][0]["status"] == "already_filled"
     assert dry["matched"][0]["location"] == "unchanged"  # it sees what the batch recorded
-    assert len(event_ids(db)) == before + 2  # located + filled
+    assert len(all_changes(db)) == before + 2  # located + filled
     assert rebuild_projections(db, check_only=True).differing == []
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from app.albums import import_albums, lease_albums, submit_metadata
 from app.downloads import TorrentRef, lease_downloads, submit_downloads
-from app.events import catch_up_projections, rebuild_projections
+from app.projections import catch_up_projections, rebuild_projections
 from app.leasing import QueueLeaser, reap_expired_leases
 from app.store import init_database
 

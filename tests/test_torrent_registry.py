@@ -23,8 +23,9 @@ from torrent_factories import (
 
 from app.auth import issue_token
 from app.downloads import task_doc_id
-from app.events import rebuild_projections
+from app.events import read_events
 from app.leasing import reap_expired_leases
+from app.projections import rebuild_projections
 from app.torrents import raw_info_dict, torrent_doc_id, torrent_file_doc_id
 
 OPS = "orpheus.network"
@@ -77,7 +78,7 @@ def test_a_torrent_file_registers_its_layout_and_links_the_task(client, db, work
     assert doc["sites"] == [{"site": PTH, "torrentId": 37}]
     task = db.get(task_doc_id(PTH, 37))
     assert task["info_hash"] == info_hash and task["state"] == "ready"
-    assert db.get(f"ev:{task_doc_id(PTH, 37)}:0000000002")["name"] == "torrent_linked"
+    assert [e["name"] for e in read_events(db, task_doc_id(PTH, 37))][1] == "torrent_linked"
 
 
 def test_the_stored_torrent_keeps_the_info_dict_and_drops_announce_urls(client, db, worker, album):

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from tracker_process import TrackerProcess, wait_for
 
-from app.tracker import accounts, peersdb
+from app.events import read_events
+from app.tracker import accounts, activity, peersdb
 from app.tracker.peersdb import open_peers_database
 from scheduler import jobs
 
@@ -99,6 +100,18 @@ def test_http_1_0_without_host_and_pipelined_keep_alive(trackers, member):
     assert raw_exchange(tracker.port, b"BLAH\r\n\r\n").startswith(b"HTTP/1.1 400")
 
 
+def current(db, peers_db, user_id=7):
+    """A user's totals as the API shows them: recorded summaries plus the running tally."""
+    user = activity.current_user(db, peers_db, user_id)
+    return user["uploaded"], user["downloaded"], user["snatches"]
+
+
+def recorded(db, user_id=7):
+    """A user's totals in the projection, from summary events alone."""
+    user = accounts.get_tracker_user(db, user_id)
+    return user["uploaded"], user["downloaded"], user["snatches"]
+
+
 def test_swarms_transfers_and_snatches_are_written_behind(db, peers_db, trackers, member):
     tracker = trackers()
     tracker.announce(IH, PEER_A, member, event="started", left=100)
@@ -106,16 +119,48 @@ def test_swarms_transfers_and_snatches_are_written_behind(db, peers_db, trackers
     tracker.announce(IH, PEER_A, member, left=0, uploaded=300, downloaded=100)
     tracker.announce(IH, PEER_A, member, left=0, uploaded=500, downloaded=100, event="completed")
 
-    def recorded():
-        user = accounts.get_tracker_user(db, 7)
-        return (user["uploaded"], user["downloaded"], user["snatches"]) == (500, 100, 1)
-
-    wait_for(recorded, 10, "the user's totals and snatch")
-    assert accounts.get_tracked_torrent(db, IH)["snatches"] == 1
+    wait_for(lambda: current(db, peers_db) == (500, 100, 1), 10, "the user's totals and snatch")
+    assert recorded(db) == (0, 0, 0)  # the summary waits for the hour's end or a stop
+    [counts] = activity.current_counts(db, peers_db)
+    assert counts["snatches"] == 1
     swarm = peersdb.get_swarm(peers_db, IH)
     assert (swarm["seeders"], swarm["leechers"]) == (1, 0)
-    tracker.announce(IH, PEER_A, member, left=0, event="stopped")
+    tracker.announce(IH, PEER_A, member, left=0, uploaded=520, downloaded=100, event="stopped")
+    wait_for(lambda: recorded(db) == (520, 100, 1), 10, "the session's summary")
     wait_for(lambda: peersdb.get_swarm(peers_db, IH) is None, 10, "the empty swarm to go")
+    assert current(db, peers_db) == (520, 100, 1)
+    [summary] = [e for e in read_events(db, "trackeruser:7") if e["name"] == "transferred"]
+    assert summary["data"]["reason"] == "stopped"
+
+
+def test_a_crash_loses_no_written_traffic_and_credits_none_twice(db, peers_db, trackers, member):
+    tracker = trackers()
+    tracker.announce(IH, PEER_A, member, event="started", left=100)
+    tracker.announce(IH, PEER_A, member, left=0, uploaded=100, downloaded=100)
+    # only counters move from here: the swarm document is not rewritten for a refresh
+    tracker.announce(IH, PEER_A, member, left=0, uploaded=400, downloaded=100)
+    wait_for(lambda: current(db, peers_db) == (400, 100, 1), 10, "the tally to be written")
+    tracker.stop(signal.SIGKILL)
+    tracker.start()
+    files = tracker.scrape(member, IH)[b"files"]
+    assert files[bytes.fromhex(IH)][b"downloaded"] == 1  # the tally's snatch counts
+    tracker.announce(IH, PEER_A, member, left=0, uploaded=450, downloaded=100)
+    assert tracker.stop(signal.SIGTERM) == 0
+    assert recorded(db) == (450, 100, 1)  # not 400 + 450
+    assert accounts.get_tracked_torrent(db, IH)["snatches"] == 1
+
+
+def test_what_a_client_reports_at_start_is_not_credited(db, peers_db, trackers, member):
+    tracker = trackers()
+    webtorrent = b"-WW0300-" + b"w" * 12
+    tracker.announce(IH, webtorrent, member, event="started", left=0, downloaded=3940351)
+    tracker.announce(IH, webtorrent, member, left=0, downloaded=3940351, uploaded=70)
+    ctorrent = b"-CD0303-" + b"c" * 12  # seeding: it checks its files after `started`
+    tracker.announce(IH, ctorrent, member, event="started", left=5000)
+    tracker.announce(IH, ctorrent, member, left=0)
+    assert tracker.stop(signal.SIGTERM) == 0
+    assert recorded(db) == (70, 0, 0)
+    assert accounts.get_tracked_torrent(db, IH)["snatches"] == 0
 
 
 def test_a_clean_shutdown_loses_nothing_and_a_restart_restores_the_swarm(
@@ -181,7 +226,7 @@ def test_a_clean_shutdown_closes_keep_alive_connections_and_writes_their_announc
     tracker = trackers(flush_seconds=3600)  # only the shutdown's final write can store
     session = requests.Session()  # one keep-alive connection for every announce
     query = f"info_hash={'%AB' * 20}&peer_id={'-LT2110-' + 'k' * 12}&port=7&passkey={member}"
-    for step in ("&left=10&uploaded=0&event=started", "&left=0&uploaded=5000"):
+    for step in ("&left=10&uploaded=0&event=started", "&left=0&uploaded=5000&downloaded=10"):
         assert session.get(f"{tracker.base}/announce?{query}{step}", timeout=5).ok
     assert tracker.stop(signal.SIGTERM) == 0
     user = accounts.get_tracker_user(db, 7)

@@ -184,8 +184,8 @@ def test_stopped_removes_the_peer(tracker):
 
 def test_a_snatch_is_left_going_to_zero_counted_once(tracker, directory):
     announce(tracker, 1, left=100, event="started")
-    announce(tracker, 1, left=0)  # rtorrent: no `completed` event at all
-    announce(tracker, 1, left=0, event="completed")  # a late `completed`: no second snatch
+    announce(tracker, 1, left=0, downloaded=100)  # rtorrent: no `completed` event at all
+    announce(tracker, 1, left=0, downloaded=100, event="completed")  # late: no second snatch
     announce(tracker, 2, left=0, event="completed")  # WebTorrent starting as a seeder: none
     assert directory.torrents[IH].snatches == 1
     assert tracker.swarms.drain().snatches == [(IH.hex(), 1)]
@@ -196,7 +196,10 @@ def test_transfer_deltas_accumulate_per_user(tracker):
     announce(tracker, 1, uploaded=100, downloaded=40)
     announce(tracker, 1, uploaded=150, downloaded=90, event="stopped")
     announce(tracker, 2, event="started", passkey=LEECHLESS_PK, left=0, uploaded=5)
-    assert tracker.swarms.drain().transfers == {1: (150, 90), 2: (5, 0)}
+    announce(tracker, 2, passkey=LEECHLESS_PK, left=0, uploaded=12)
+    drained = tracker.swarms.drain()
+    assert drained.transfers == {1: (150, 90), 2: (7, 0)}
+    assert drained.stopped == {1}  # user 1's session is to be closed out
     assert tracker.swarms.drain().transfers == {}
 
 
@@ -222,7 +225,7 @@ def scrape(tracker, *hashes, passkey=PK):
 
 def test_scrape_reports_registered_torrents(tracker):
     announce(tracker, 1, left=100)
-    announce(tracker, 1, left=0)
+    announce(tracker, 1, left=0, downloaded=100)
     announce(tracker, 2, left=5)
     expected = {IH: {b"complete": 1, b"downloaded": 1, b"incomplete": 1}}
     assert scrape(tracker, IH, OTHER_IH) == {b"files": expected}
@@ -326,16 +329,86 @@ def test_clients_per_account_and_swarm_are_capped(tracker):
 def test_a_dual_stack_client_is_one_peer_with_two_addresses(tracker, directory):
     announce(tracker, 1, left=100, event="started", ip="127.0.0.2")
     announce(tracker, 1, left=100, event="started", ip="::1")
-    announce(tracker, 1, left=0, ip="127.0.0.2", uploaded=50)
-    announce(tracker, 1, left=0, ip="::1", uploaded=50)
+    announce(tracker, 1, left=0, ip="127.0.0.2", uploaded=50, downloaded=100)
+    announce(tracker, 1, left=0, ip="::1", uploaded=50, downloaded=100)
     reply = announce(tracker, 2)
     assert (reply[b"complete"], reply[b"incomplete"]) == (1, 1)
     assert compact_ports(reply) == [6882] and compact_ports(reply, b"peers6") == [6882]
     assert directory.torrents[IH].snatches == 1
-    assert tracker.swarms.drain().transfers == {1: (50, 0)}
+    assert tracker.swarms.drain().transfers == {1: (50, 100)}
 
 
 def test_a_stop_from_an_unknown_peer_leaves_nothing_behind(tracker):
     announce(tracker, 1, event="stopped")
     assert tracker.swarms.get(IH) is None
     assert tracker.swarms.drain().swarms == {}
+
+
+# ---------------------------------------------------------------- what is credited (BEP 3)
+
+
+def test_counters_sent_with_started_are_the_baseline_not_a_credit(tracker):
+    """WebTorrent seeding announces `started` with the data it checked as `downloaded`."""
+    announce(tracker, 1, left=0, event="started", downloaded=3940351, pid=peer_id(1, b"-WW0300-"))
+    announce(tracker, 1, left=0, downloaded=3940351, uploaded=20, pid=peer_id(1, b"-WW0300-"))
+    assert tracker.swarms.drain().transfers == {1: (20, 0)}
+
+
+def test_a_started_from_a_known_peer_is_a_new_baseline(tracker):
+    announce(tracker, 1, event="started")
+    announce(tracker, 1, uploaded=100, downloaded=40)
+    announce(tracker, 1, event="started", uploaded=500, downloaded=500)  # a new session
+    announce(tracker, 1, uploaded=510, downloaded=520)
+    assert tracker.swarms.drain().transfers == {1: (110, 60)}
+
+
+def test_a_ctorrent_seeder_checking_its_files_is_no_snatch(tracker, directory):
+    """ctorrent announces `started` with left > 0 before checking, then left=0, downloaded=0."""
+    ctorrent = peer_id(1, b"-CD0303-")
+    announce(tracker, 1, left=5000, event="started", pid=ctorrent)
+    announce(tracker, 1, left=0, pid=ctorrent)
+    announce(tracker, 1, left=0, event="completed", pid=ctorrent)
+    assert directory.torrents[IH].snatches == 0
+    drained = tracker.swarms.drain()
+    assert (drained.snatches, drained.transfers) == ([], {})
+    reply = announce(tracker, 2)
+    assert (reply[b"complete"], reply[b"incomplete"]) == (1, 1)  # it does seed
+
+
+def test_a_snatch_needs_download_credited_in_this_session(tracker, directory):
+    announce(tracker, 1, left=100, event="started")
+    announce(tracker, 1, left=60, downloaded=40)  # downloaded earlier, in this session
+    announce(tracker, 1, left=60, event="started", downloaded=40)  # client restarted
+    announce(tracker, 1, left=0, downloaded=40)  # finished with nothing downloaded since
+    announce(tracker, 2, left=100, event="started")
+    announce(tracker, 2, left=0, downloaded=100)
+    assert directory.torrents[IH].snatches == 1
+    assert tracker.swarms.drain().snatches == [(IH.hex(), 1)]
+
+
+def test_counters_newer_than_the_stored_swarm_travel_with_the_drain(tracker, directory, clock):
+    """A crash after they were written must not credit the same traffic again."""
+    announce(tracker, 1, event="started")
+    stored = [{"_id": f"swarm:{ih}", **b} for ih, b in tracker.swarms.drain().swarms.items()]
+    announce(tracker, 1, uploaded=300, downloaded=100)  # only counters moved: no swarm written
+    drained = tracker.swarms.drain(full=False)
+    assert drained.swarms == {} and drained.transfers == {1: (300, 100)}
+    key = f"{IH.hex()}/{peer_id(1).hex()}"
+    assert drained.fresh == {1: {key: [300, 100, 100, clock.now]}}
+    # the tracker crashes; it restarts from the stored swarm and the fresh counters
+    restored = Tracker(tracker.settings, directory, Swarms(), clock)
+    restored.swarms.restore(stored, now=clock.now, max_age=60, fresh=drained.fresh)
+    announce(restored, 1, uploaded=350, downloaded=100)
+    first = restored.swarms.drain(full=False)
+    assert first.transfers == {1: (50, 0)}  # not 350 again
+    assert IH.hex() in first.swarms and first.fresh == {1: {}}  # stored now: no longer needed
+    assert first.swarms[IH.hex()]["peers"][peer_id(1).hex()]["uploaded"] == 350
+
+
+def test_a_full_drain_stores_the_counters_and_forgets_them(tracker):
+    announce(tracker, 1, event="started")
+    tracker.swarms.drain()
+    announce(tracker, 1, uploaded=10)
+    assert list(tracker.swarms.drain(full=False).fresh[1]) == [f"{IH.hex()}/{peer_id(1).hex()}"]
+    assert tracker.swarms.drain(full=True).fresh == {1: {}}
+    assert tracker.swarms.drain(full=True).fresh == {}

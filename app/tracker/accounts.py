@@ -44,7 +44,16 @@ from app.errors import (
     WhitelistEntryExistsError,
     WhitelistEntryNotFoundError,
 )
-from app.events import Decision, Doc, Outcome, check_none_lost, commit, projector
+from app.events import (
+    LOG_DDOC,
+    Decision,
+    Doc,
+    Outcome,
+    check_none_lost,
+    commit,
+    event_log,
+    projector,
+)
 from app.ids import MAX_SAFE_INT
 
 TRACKED, TRACKER_USER, WHITELIST = "tracked", "trackeruser", "whitelist"
@@ -453,7 +462,9 @@ def find_user_by_passkey(db: Database, passkey: str) -> Doc | None:
 
 def list_snatched(db: Database, user_id: int) -> list[dict[str, Any]]:
     """The torrents a user completed, [{info_hash, at}] (the latest time of each), by hash."""
-    rows = db.view("tracker", "snatches_by_user", startkey=[user_id], endkey=[user_id, {}])
+    rows = event_log(db).view(
+        LOG_DDOC, "snatches_by_user", startkey=[user_id], endkey=[user_id, {}]
+    )
     latest: dict[str, str] = {}
     for row in rows:
         latest[row["key"][1]] = max(latest.get(row["key"][1], ""), row["value"])

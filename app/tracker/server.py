@@ -8,7 +8,9 @@ GET with a query string and a small bencoded reply, so the server is an
 uvloop (libuv): no framework work per request, keep-alive and pipelining for
 free. Everything that touches CouchDB runs beside the loop, never in an
 announce: a thread follows the registrations (app.tracker.directory) and one
-executor thread writes behind (app.tracker.writer).
+executor thread writes behind (app.tracker.writer): swarms and the running
+tallies of users' traffic to the peers database each flush, summaries of that
+traffic to the event log each hour and when a client stops.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import uvloop
 from app.config import Settings
 from app.couch import Database
 from app.timeutil import utcnow
+from app.tracker.activity import ACTIVITY_PREFIX
 from app.tracker.directory import follow_directory, load_directory
 from app.tracker.peersdb import init_peers_database, list_swarms, open_peers_database
 from app.tracker.protocol import normalize_ip
@@ -143,11 +146,30 @@ class TrackerProcess:
         self._restore()
 
     def _restore(self) -> None:
-        """After a restart or crash, swarms come back from the peers database."""
+        """After a restart or crash, swarms and tallies come back from the peers database.
+
+        A tally's snatches are not in the torrent's projection yet: the scrape
+        count adds them, as it adds the snatches seen since.
+        """
+        tallies = [
+            doc
+            for doc in self.peers_db.iter_prefix(ACTIVITY_PREFIX)
+            if doc.get("type") == "activity"
+        ]
+        fresh = self.writer.restore(tallies)
         docs = list(list_swarms(self.peers_db))
         self.writer.remember(docs)
-        loaded = self.swarms.restore(docs, now=time.time(), max_age=self.max_age)
-        log.info("tracker: %d peers in %d swarms restored", loaded, len(docs))
+        loaded = self.swarms.restore(docs, now=time.time(), max_age=self.max_age, fresh=fresh)
+        for info_hash, count in self.writer.unrecorded_snatches().items():
+            tracked = self.directory.torrents.get(bytes.fromhex(info_hash))
+            if tracked is not None:
+                tracked.snatches += count
+        log.info(
+            "tracker: %d peers in %d swarms and %d tallies restored",
+            loaded,
+            len(docs),
+            len(tallies),
+        )
 
     async def serve(self, ready: Callable[[list[str]], None] | None = None) -> None:
         """Listen until SIGINT/SIGTERM, then close every connection, write all behind, return."""
@@ -236,9 +258,13 @@ class TrackerProcess:
                 connection.close()
 
     def final_write(self, flush: Flush) -> None:
-        """On a clean shutdown nothing is lost: write until it all went, trying a few times."""
+        """On a clean shutdown nothing is lost: write until it all went, trying a few times.
+
+        Every tally closes into a summary event; what cannot be recorded stays
+        in the peers database and is recorded after the next start.
+        """
         for attempt in range(5):
-            if self.writer.write(flush) and not self.writer.pending:
+            if self.writer.write(flush, final=True) and not self.writer.pending:
                 return
             flush = Flush({}, {}, [])  # the writer kept what failed; retry just that
             time.sleep(0.5 * (attempt + 1))

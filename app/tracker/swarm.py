@@ -3,15 +3,29 @@
 One tracker process owns this state and is its only writer, so announces never
 wait on CouchDB: they update memory, and `drain()` hands what changed to the
 write-behind (app.tracker.writer) about once a second — the swarms to store,
-each user's transfer deltas, and the snatches seen.
+each user's transfer deltas, the snatches seen, the users whose client stopped,
+and the counters of peers that moved since their swarm was last stored.
 
 A swarm whose membership changed (a peer joined, left, turned seeder or moved)
 is stored at the next drain; one where peers only re-announced (new counters
 and last-seen times) waits for a `full` drain (`tracker.refresh_seconds`).
 Counts and peer lists are therefore never more than a flush late, and a busy
-tracker does not rewrite every swarm every second. The price, after a crash
-only: a peer's stored counters may be up to one refresh old, so its next
-announce credits that stretch of traffic again.
+tracker does not rewrite every swarm every second. So that a crash cannot
+credit a stretch of traffic twice (a restored peer whose stored counters are a
+refresh old would), the counters of every peer that moved since its swarm was
+last stored go out with each drain (`Flush.fresh`, per user) and are written
+beside the user's running totals (app.tracker.activity); restore takes the newer.
+
+What is credited (BEP 3: `uploaded`/`downloaded` count from the client's
+`started`): a peer's first announce, and any `started`, only sets its baseline,
+whatever counters it sends (a WebTorrent seeder starts with the size of the
+data it checked as `downloaded`). After that each announce credits the growth
+of its counters; a counter that fell means the client restarted without saying
+so, and counts from zero. A snatch is `left > 0` going to `left = 0` (rtorrent
+never sends `completed`, WebTorrent sends it when it starts as a seeder), and
+only when the peer was credited some download in this session: ctorrent seeding
+announces `started` with `left > 0` before it has checked its files, then
+`left = 0` with nothing downloaded, which is no snatch.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from app.tracker.protocol import compact_address
@@ -48,6 +62,7 @@ class Peer:
         "last_seen",
         "slot",
         "client",
+        "session_down",
     )
 
     def __init__(self, peer_id: bytes, user_id: int, ip: str, port: int) -> None:
@@ -59,6 +74,7 @@ class Peer:
         self.last_seen = 0.0
         self.slot = 0  # index in its swarm's seeds or leeches list
         self.client = client_name(peer_id)
+        self.session_down = 0  # download credited since this client session's baseline
         self.move_to(ip, port)
 
     def move_to(self, ip: str, port: int) -> bool:
@@ -91,6 +107,7 @@ class Peer:
             "downloaded": self.downloaded,
             "last_seen": self.last_seen,
             "client": self.client,
+            "session_downloaded": self.session_down,
         }
         if more:  # a dual-stack peer: its IPv6 address too
             doc["ip6"], doc["port6"] = more[0]
@@ -198,6 +215,11 @@ class Swarm:
         }
 
 
+def counters_key(info_hash: bytes, peer_id: bytes) -> str:
+    """How a peer is named among a user's fresh counters: `<info hash hex>/<peer id hex>`."""
+    return f"{info_hash.hex()}/{peer_id.hex()}"
+
+
 @dataclasses.dataclass
 class Flush:
     """What changed since the last drain: the write-behind's unit of work."""
@@ -205,9 +227,13 @@ class Flush:
     swarms: dict[str, Doc | None]  # info hash hex -> swarm doc body, None when it emptied
     transfers: dict[int, tuple[int, int]]  # user_id -> (uploaded, downloaded) deltas
     snatches: list[tuple[str, int]]  # (info hash hex, user_id)
+    stopped: set[int] = dataclasses.field(default_factory=set)  # users a client of whom stopped
+    # user_id -> every counters_key -> [uploaded, downloaded, session_downloaded, last_seen]
+    # of their peers that moved since their swarm was stored; only users whose set changed
+    fresh: dict[int, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.swarms or self.transfers or self.snatches)
+        return bool(self.swarms or self.transfers or self.snatches or self.stopped or self.fresh)
 
 
 @dataclasses.dataclass(slots=True)
@@ -228,6 +254,10 @@ class Swarms:
         self._touched: set[bytes] = set()  # only counters and times changed: a full drain
         self._transfers: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
         self._snatches: list[tuple[str, int]] = []
+        self._stopped: set[int] = set()
+        self._fresh: dict[int, dict[str, list[float]]] = {}  # see Flush.fresh
+        self._fresh_in: dict[bytes, set[int]] = {}  # info hash -> users with fresh peers there
+        self._fresh_changed: set[int] = set()
 
     def get(self, info_hash: bytes) -> Swarm | None:
         return self.swarms.get(info_hash)
@@ -260,23 +290,34 @@ class Swarms:
         if peer is None:
             if event == b"stopped":
                 return swarm, None, Credit()
+            # Its first announce is its baseline: counters sent in a `started` count
+            # from it (BEP 3), and a peer this tracker forgot may be credited already.
             peer = Peer(peer_id, user_id, ip, port)
             peer.left = left
-            # Counters are per client session: credit them only from a fresh start,
-            # not from a peer this tracker merely forgot (they may be credited already).
-            credit = Credit(uploaded, downloaded) if event == b"started" else Credit()
+            credit = Credit()
             swarm.add(peer)
             self._dirty.add(info_hash)
         else:
-            credit = _credit(peer, uploaded, downloaded, left)
+            credit = _credit(peer, uploaded, downloaded, left, event == b"started")
             moved = swarm.set_left(peer, left) | peer.move_to(ip, port)
             (self._dirty if moved else self._touched).add(info_hash)
+            if event == b"started" or (uploaded, downloaded) != (peer.uploaded, peer.downloaded):
+                self._note_fresh(info_hash, peer, uploaded, downloaded, now)
         peer.uploaded, peer.downloaded, peer.last_seen = uploaded, downloaded, now
         self._record(info_hash, user_id, credit)
         if event == b"stopped":
             self._remove(swarm, peer)
+            self._stopped.add(user_id)
             return swarm, None, credit
         return swarm, peer, credit
+
+    def _note_fresh(
+        self, info_hash: bytes, peer: Peer, uploaded: int, downloaded: int, now: float
+    ) -> None:
+        entry = [uploaded, downloaded, peer.session_down, now]
+        self._fresh.setdefault(peer.user_id, {})[counters_key(info_hash, peer.peer_id)] = entry
+        self._fresh_in.setdefault(info_hash, set()).add(peer.user_id)
+        self._fresh_changed.add(peer.user_id)
 
     def _record(self, info_hash: bytes, user_id: int, credit: Credit) -> None:
         if credit.uploaded or credit.downloaded:
@@ -348,17 +389,46 @@ class Swarms:
                 swarms[info_hash.hex()] = None
             else:
                 swarms[info_hash.hex()] = swarm.as_doc()
+        for info_hash in self._dirty:  # stored now: their peers' counters are in the swarm doc
+            self._drop_fresh(info_hash)
         flush = Flush(
             swarms=swarms,
             transfers={user: (up, down) for user, (up, down) in self._transfers.items()},
             snatches=self._snatches,
+            stopped=self._stopped,
+            fresh={user: dict(self._fresh.get(user, {})) for user in self._fresh_changed},
         )
-        self._dirty, self._snatches = set(), []
+        self._dirty, self._snatches, self._stopped, self._fresh_changed = set(), [], set(), set()
         self._transfers.clear()
         return flush
 
-    def restore(self, docs: Iterable[Doc], *, now: float, max_age: float) -> int:
-        """Rebuild swarms from stored swarm docs, leaving out stale peers; return peers loaded."""
+    def _drop_fresh(self, info_hash: bytes) -> None:
+        prefix = info_hash.hex() + "/"
+        for user in self._fresh_in.pop(info_hash, ()):
+            entries = self._fresh.get(user, {})
+            for key in [k for k in entries if k.startswith(prefix)]:
+                del entries[key]
+            if not entries:
+                self._fresh.pop(user, None)
+            self._fresh_changed.add(user)
+
+    def restore(
+        self,
+        docs: Iterable[Doc],
+        *,
+        now: float,
+        max_age: float,
+        fresh: Mapping[int, Mapping[str, list[float]]] | None = None,
+    ) -> int:
+        """Rebuild swarms from stored swarm docs, leaving out stale peers; return peers loaded.
+
+        `fresh` holds counters written after a swarm was stored (Flush.fresh, per
+        user): where they are newer they win, and the swarm is stored again at
+        the next drain, so that no stretch of traffic is credited twice.
+        """
+        newer = {
+            key: (user, entry) for user, ks in (fresh or {}).items() for key, entry in ks.items()
+        }
         loaded = 0
         for doc in docs:
             info_hash = bytes.fromhex(doc["info_hash"])
@@ -374,16 +444,35 @@ class Swarms:
                     peer.move_to(stored["ip6"], stored["port6"])
                 peer.left, peer.last_seen = int(stored["left"]), float(stored["last_seen"])
                 peer.uploaded, peer.downloaded = int(stored["uploaded"]), int(stored["downloaded"])
+                peer.session_down = int(stored.get("session_downloaded", 0))
+                user, entry = newer.get(counters_key(info_hash, peer.peer_id), (None, None))
+                if entry is not None and user == peer.user_id and entry[3] >= peer.last_seen:
+                    up, down, session, seen = entry
+                    peer.uploaded, peer.downloaded, peer.session_down = (
+                        int(up),
+                        int(down),
+                        int(session),
+                    )
+                    peer.last_seen = float(seen)
+                    self._note_fresh(
+                        info_hash, peer, peer.uploaded, peer.downloaded, peer.last_seen
+                    )
+                    self._dirty.add(info_hash)
                 swarm.add(peer)
                 loaded += 1
             self.swarms[info_hash] = swarm
         return loaded
 
 
-def _credit(peer: Peer, uploaded: int, downloaded: int, left: int) -> Credit:
-    """Deltas since the peer's last announce; a counter that fell means its client restarted."""
-    return Credit(
-        uploaded=uploaded - peer.uploaded if uploaded >= peer.uploaded else uploaded,
-        downloaded=downloaded - peer.downloaded if downloaded >= peer.downloaded else downloaded,
-        snatched=peer.left > 0 and left == 0,
-    )
+def _credit(peer: Peer, uploaded: int, downloaded: int, left: int, started: bool) -> Credit:
+    """What this announce of a known peer credits (the rules are in the module's docstring)."""
+    if started:  # a new client session: its counters are the new baseline
+        peer.session_down = 0
+        return Credit()
+    if uploaded < peer.uploaded or downloaded < peer.downloaded:
+        peer.session_down = 0  # the client restarted without a `started`: a new session
+        up, down = uploaded, downloaded
+    else:
+        up, down = uploaded - peer.uploaded, downloaded - peer.downloaded
+    peer.session_down += down
+    return Credit(up, down, snatched=peer.left > 0 and left == 0 and peer.session_down > 0)
