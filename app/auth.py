@@ -1,10 +1,13 @@
 """Who is calling: admins and users (HTTP basic auth), workers and queuers (tokens).
 
 Passwords are stored as werkzeug hashes (scrypt); tokens are random and
-stored only as their SHA-256 (a token carries 256 bits of entropy, so a fast
-hash is enough, and the hash can be the document id for an O(1) look-up).
-A verified credential is cached in memory for `auth.credential_cache_seconds`,
-keyed by a hash of the header, so that scrypt does not run on every request.
+stored only as their SHA-256. Both live in the secrets database
+(app/credentials.py), never in the event log: events record only that a user
+was created or a password changed, and a token's aggregate is `token:<random
+public id>`, unrelated to the secret, whose projection says whether it was
+revoked. A verified credential is cached in memory for
+`auth.credential_cache_seconds`, keyed by a hash of the header, so that
+scrypt does not run on every request.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from functools import wraps
+from functools import cache, wraps
 from typing import Any, TypeVar
 
 from flask import Request, current_app, request
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from app import credentials
 from app.couch import Database
 from app.errors import (
     AlreadyExistsError,
@@ -67,19 +71,17 @@ def user_doc_id(name: str) -> str:
     return f"user:{name}"
 
 
-def token_doc_id(token: str) -> str:
-    return "token:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+def token_doc_id(token_id: str) -> str:
+    """The aggregate of a token, by its public id (never by the token or its hash)."""
+    return f"token:{token_id}"
 
 
 @projector("user")
 def apply_user_event(state: Doc, event: Doc) -> None:
     name, data = event["name"], event["data"]
     if name == "created":
-        state.update(name=data["name"], password_hash=data["password_hash"], admin=data["admin"])
-        state["state"] = "active"
-    elif name == "password_changed":
-        state["password_hash"] = data["password_hash"]
-    elif name == "removed":
+        state.update(name=data["name"], admin=data["admin"], state="active")
+    elif name == "removed":  # `password_changed` changes no state: the hash is a secret
         state["state"] = "removed"
 
 
@@ -95,11 +97,16 @@ def apply_token_event(state: Doc, event: Doc) -> None:
 def add_user(
     db: Database, name: str, password: str, *, admin: bool, actor: str, now: datetime
 ) -> None:
-    """Create a user with a hashed password; raise AlreadyExistsError if the name is taken."""
+    """Create a user with a hashed password; raise AlreadyExistsError if the name is taken.
+
+    The event comes first: it decides who gets the name, so a second `add`
+    can never overwrite the first one's password. A crash before the hash is
+    stored leaves a user who cannot log in until `distleech user passwd`.
+    """
     check_name(name)
-    if len(password) < 8:
-        raise ValidationFailedError("A password needs at least 8 characters.")
-    data = {"name": name, "password_hash": generate_password_hash(password), "admin": admin}
+    check_password(password)
+    password_hash = generate_password_hash(password)
+    data = {"name": name, "admin": admin}
 
     def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
         return ("created", data) if state is None or state.get("state") == "removed" else None
@@ -107,31 +114,57 @@ def add_user(
     [outcome] = commit(db, [(user_doc_id(name), decide)], actor=actor, now=now)
     if not outcome.recorded:
         raise AlreadyExistsError(f"User {name!r} exists.", user=name)
+    credentials.set_password_hash(db, name, password_hash)
+
+
+def check_password(password: str) -> None:
+    if len(password) < 8:
+        raise ValidationFailedError("A password needs at least 8 characters.")
 
 
 def change_password(db: Database, name: str, password: str, *, actor: str, now: datetime) -> None:
-    if len(password) < 8:
-        raise ValidationFailedError("A password needs at least 8 characters.")
-    data = {"password_hash": generate_password_hash(password)}
+    """Replace a user's password; the old hash is compacted away, the log records only the fact.
+
+    The hash is replaced before the event is written, so the log never
+    claims a change that did not happen (a crash in between leaves a changed
+    password without its event, and the old password never works again).
+    """
+    check_password(password)
+    user = db.get_or_none(user_doc_id(name))
+    if not user or user.get("state") != "active":
+        raise UserNotFoundError(f"No user {name!r}.", user=name)
+    credentials.set_password_hash(db, name, generate_password_hash(password))
 
     def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
-        return ("password_changed", data) if state and state.get("state") == "active" else None
+        return ("password_changed", {}) if state and state.get("state") == "active" else None
 
     [outcome] = commit(db, [(user_doc_id(name), decide)], actor=actor, now=now)
-    if not outcome.recorded:
+    if not outcome.recorded:  # removed meanwhile: its password must not outlive it
+        credentials.forget_password(db, name)
         raise UserNotFoundError(f"No user {name!r}.", user=name)
 
 
 def issue_token(db: Database, name: str, role: str, *, actor: str, now: datetime) -> str:
-    """Create a token for a worker or queuer; return it (it is never shown again)."""
+    """Create a token for a worker or queuer; return it (it is never shown again).
+
+    The secret's link is stored before the token's aggregate exists: a crash
+    in between leaves a link to no token, which authenticates nobody.
+    """
     check_name(name)
     if role not in TOKEN_ROLES:
         raise ValidationFailedError(f"A token's role is one of {', '.join(TOKEN_ROLES)}.")
     if any(not row["value"]["revoked"] for row in db.view("auth", "tokens_by_name", key=name)):
         raise AlreadyExistsError(f"An active token named {name!r} exists; revoke it first.")
-    token = secrets.token_urlsafe(32)
+    token, token_id = secrets.token_urlsafe(32), credentials.new_token_id()
+    credentials.link_token(db, credentials.token_sha256(token), token_id, name, role)
     data = {"name": name, "role": role}
-    commit(db, [(token_doc_id(token), lambda state: ("issued", data))], actor=actor, now=now)
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        return ("issued", data) if state is None else None  # a taken id is never reused
+
+    [outcome] = commit(db, [(token_doc_id(token_id), decide)], actor=actor, now=now)
+    if not outcome.recorded:  # 64 random bits collided: the token must not go out
+        raise RuntimeError(f"token id {token_id} is taken; issue the token again")
     return token
 
 
@@ -153,8 +186,14 @@ def revoke_token(db: Database, name: str, *, actor: str, now: datetime) -> int:
 
 
 def list_tokens(db: Database) -> list[dict[str, Any]]:
+    """Every token by name: its public id, role and state (never the token or its hash)."""
     return [
-        {"name": row["key"], "role": row["value"]["role"], "revoked": row["value"]["revoked"]}
+        {
+            "name": row["key"],
+            "id": row["id"].removeprefix("token:"),
+            "role": row["value"]["role"],
+            "revoked": row["value"]["revoked"],
+        }
         for row in db.view("auth", "tokens_by_name")
     ]
 
@@ -196,7 +235,8 @@ class Authenticator:
         return principal
 
     def _verify_token(self, token: str) -> Principal:
-        doc = self.db.get_or_none(token_doc_id(token))
+        token_id = credentials.find_token(self.db, credentials.token_sha256(token))
+        doc = self.db.get_or_none(token_doc_id(token_id)) if token_id else None
         if not doc or doc.get("revoked"):
             raise InvalidCredentialsError("The token is unknown or revoked.")
         return Principal(doc["name"], doc["role"])
@@ -209,17 +249,23 @@ class Authenticator:
         except (binascii.Error, UnicodeDecodeError):
             raise InvalidCredentialsError("The basic auth header cannot be decoded.") from None
         doc = self.db.get_or_none(user_doc_id(name)) if name else None
-        if (
-            not doc
-            or doc.get("state") != "active"
-            or not check_password_hash(doc["password_hash"], password)
-        ):
+        active = doc is not None and doc.get("state") == "active"
+        stored = credentials.get_password_hash(self.db, name) if active else None
+        # scrypt runs for unknown names too, so timing does not tell which names exist
+        matches = check_password_hash(stored or _unmatchable_hash(), password)
+        if doc is None or stored is None or not matches:
             raise InvalidCredentialsError("Wrong user name or password.")
         return Principal(name, ADMIN if doc.get("admin") else USER)
 
     def forget(self) -> None:
         with self._lock:
             self._cache.clear()
+
+
+@cache
+def _unmatchable_hash() -> str:
+    """A hash of a random password nobody knows, to check against when there is no user."""
+    return generate_password_hash(secrets.token_urlsafe(32))
 
 
 def current_principal() -> Principal:

@@ -6,6 +6,7 @@ import logging
 
 from app import albums, archive, auth, downloads, torrents, workers  # noqa: F401 (projectors)
 from app.couch import CouchError, Database, DocumentConflictError
+from app.credentials import init_secrets_database
 from app.designdocs import build_design_docs, sync_design_docs, warm_views
 from app.events import event_log
 from app.tracker import accounts  # noqa: F401 (projectors)
@@ -70,4 +71,5 @@ def init_database(db: Database, *, warm: bool = True) -> list[str]:
         if warm:
             warm_views(database, docs)
     restrict_to_app_account(db)
+    init_secrets_database(db)
     return changed

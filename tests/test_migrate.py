@@ -22,6 +22,7 @@ from conftest import START, Clock, basic_auth, token_header
 from app import create_app
 from app.couch import Database
 from app.events import event_log
+from app.leasing import reap_expired_leases
 from app.migrate import (
     LAYOUT_ID,
     MigrationError,
@@ -167,6 +168,7 @@ def test_after_migration_users_log_in_and_tokens_and_queues_work(legacy_db):
     assert "-TR:3" in whitelist and "-DE" not in whitelist
 
     worker = token_header(CREDENTIALS["tokens"]["seedbox-1"])
+    assert reap_expired_leases(legacy_db, clock()) > 0  # the migrated leases expire as before
     albums = client.get("/metadata/100", headers=worker).get_json()["albums"]
     assert len(albums) == 26  # 30 imported, 4 reported (2 found, 2 not found)
     assert "Enter the Wu-Tang: 36 Chambers" in {a["album"] for a in albums}

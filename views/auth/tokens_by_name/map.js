@@ -1,4 +1,4 @@
-// Tokens by name (the token itself is only stored as a hash, in the id):
+// Tokens by name (the id is a random public id; the token's hash lives only in the secrets database):
 // `distleech token list/revoke NAME` find them here.
 function (doc) {
   if (doc.type === 'token' && doc.name) {
