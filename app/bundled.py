@@ -13,8 +13,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import requests
@@ -25,6 +26,29 @@ BIN = ROOT / "node_modules" / ".bin" / "pouchdb-server"
 
 class BundledServerError(Exception):
     """The bundled server is not installed or did not come up."""
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A Popen preexec_fn: the child gets SIGTERM when this process dies, even by SIGKILL.
+
+    Without it a crash of `distleech run` (or of a test session) leaves the
+    bundled server holding its port, and the next start meets it there. Linux
+    only (PR_SET_PDEATHSIG); elsewhere a no-op. Spawn from the main thread:
+    the signal follows the thread that forked.
+    """
+    parent = os.getpid()
+
+    def arm() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def free_port() -> int:
@@ -70,6 +94,7 @@ def start(data_dir: Path, port: int, *, in_memory: bool = False) -> subprocess.P
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
 
 

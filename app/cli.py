@@ -6,16 +6,18 @@ import getpass
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import click
+import requests
 
-from app import connect
+from app import connect, couch_url
 from app.config import ConfigError, Settings, load_settings
-from app.couch import CouchError, Database
-from app.errors import ApiError
+from app.couch import CouchError, CouchUnavailableError, Database, UnauthorizedError
+from app.errors import ApiError, redact_credentials
 from app.timeutil import utcnow
 
 
@@ -34,16 +36,98 @@ def _settings() -> Settings:
 
 
 def _db(settings: Settings) -> Database:
-    from app.store import init_database
+    from app.store import LegacyLayoutError, init_database
 
     db = connect(settings, pool_size=4)
     try:
-        init_database(db, warm=False)
-    except CouchError as exc:
-        raise click.ClickException(
-            f"cannot use CouchDB at {db.server_url}/{db.name}: {exc}"
-        ) from None
+        init_database(db, warm=False)  # a CouchError becomes one line in _Main.invoke
+    except LegacyLayoutError as exc:
+        raise click.ClickException(f"legacy_layout: {exc}") from None
     return db
+
+
+def _shown_url(settings: Settings | None = None) -> str:
+    """The CouchDB URL as it may be printed: never with its credentials."""
+    try:
+        settings = settings or load_settings()
+    except ConfigError:
+        return "CouchDB"
+    return redact_credentials(couch_url(settings), settings.couchdb.password)
+
+
+def _one_line(exc: Exception) -> str | None:
+    """`<code>: <reason>` for an error a command can meet; None for a bug."""
+    from app.events import ConcurrencyError
+
+    if isinstance(exc, ApiError):
+        return f"{exc.code}: {exc.reason}"
+    if isinstance(exc, CouchUnavailableError):
+        # a timeout or a refused connection: say where, and what is commonly wrong
+        return (
+            f"database_unavailable: CouchDB at {_shown_url()} did not answer ({_why(exc)})."
+            " Is it running (`distleech run` starts the bundled one)? If a big index is"
+            " still building, try again later or raise couchdb.timeout_seconds."
+        )
+    if isinstance(exc, UnauthorizedError):
+        return (
+            f"database_unauthorized: {_shown_url()} refused the configured credentials ({exc})."
+            " Set DISTLEECH_COUCHDB__USERNAME and DISTLEECH_COUCHDB__PASSWORD."
+        )
+    if isinstance(exc, CouchError):
+        return f"database_error: {_shown_url()} answered {exc}."
+    if isinstance(exc, ConcurrencyError):
+        return f"try_again: {exc}"
+    if isinstance(exc, requests.RequestException):
+        return f"connection_failed: {exc}"
+    return None
+
+
+def _why(exc: CouchError) -> str:
+    """The gist of a failed connection, without urllib3's nested wording."""
+    for marker, gist in (
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Name or service not known", "unknown host"),
+        ("Temporary failure in name resolution", "unknown host"),
+    ):
+        if marker in exc.reason:
+            return gist
+    return f"{exc.status} {exc.error}: {exc.reason}" if exc.status else exc.reason
+
+
+class _Main(click.Group):
+    """The `distleech` group: every command's errors end as one line and status 1.
+
+    Commands meet the database (a timeout, a refused connection, a 401) and
+    the domain (ApiError) in many places; handling it here, once, means no
+    command prints a raw traceback for them, and nothing printed carries a
+    credential.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except click.ClickException as exc:
+            shown = redact_credentials(exc.message, _couch_password())
+            if shown == exc.message or type(exc) is not click.ClickException:
+                raise
+            raise click.ClickException(shown) from None
+        except Exception as exc:  # the boundary of every command
+            line = _one_line(exc)
+            if line is None:  # a bug: keep its traceback, without credentials
+                trace = "".join(traceback.format_exception(exc))
+                click.echo(redact_credentials(trace, _couch_password()).rstrip(), err=True)
+                line = f"internal_error: {type(exc).__name__}: {exc}"
+            raise click.ClickException(redact_credentials(line, _couch_password())) from None
+
+
+def _couch_password() -> str:
+    try:
+        return load_settings().couchdb.password
+    except ConfigError:
+        return ""
 
 
 def _fail_on_api_error(func: Any) -> Any:
@@ -60,7 +144,7 @@ def _fail_on_api_error(func: Any) -> Any:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """distleech: hand out archiving work to many workers and keep track of everything.
 
@@ -73,9 +157,11 @@ def main() -> None:
 def _add_subgroups() -> None:
     """Attach the command groups that live beside the code they drive."""
     from app.ingest_cli import ingest
+    from app.migrate import migrate_command
     from app.refworkers.cli import worker
     from app.tracker.cli import tracker
 
+    main.add_command(migrate_command)
     main.add_command(ingest)
     main.add_command(worker)
     main.add_command(tracker)
@@ -84,15 +170,18 @@ def _add_subgroups() -> None:
 @main.command()
 def init() -> None:
     """Create the database, sync design documents and warm their indexes (idempotent)."""
+    from app.designdocs import design_doc_targets, warm_views
     from app.store import init_database
 
     settings = _settings()
     db = connect(settings, pool_size=4)
-    changed = init_database(db, warm=True)
-    click.echo(f"database {db.name} at {db.server_url}: ready")
+    changed = init_database(db, warm=False)
+    click.echo(f"database {db.name} at {_shown_url(settings)}: ready")
     click.echo(
         "design documents written: " + (", ".join(changed) if changed else "none (up to date)")
     )
+    for database, docs in design_doc_targets(db):  # a big index: progress, never a timeout
+        warm_views(database, docs, say=click.echo)
 
 
 @main.command()
@@ -281,7 +370,7 @@ def token_revoke(name: str) -> None:
 @click.option("--check", is_flag=True, help="Only compare; exit 1 if any projection differs.")
 def rebuild(check: bool) -> None:
     """Recompute every projection from events alone (and write the differences)."""
-    from app.events import rebuild_projections
+    from app.projections import rebuild_projections
 
     report = rebuild_projections(_db(_settings()), check_only=check)
     click.echo(

@@ -6,6 +6,7 @@ Every code here is listed in README.md and never changes once shipped.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, ClassVar
 
 from flask import Flask, Response, jsonify
@@ -15,6 +16,23 @@ from app.couch import CouchUnavailableError
 from app.events import ConcurrencyError
 
 log = logging.getLogger(__name__)
+
+# "scheme://user:password@host": the user-info part of any URL in a text.
+_URL_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]+@")
+
+
+def redact_credentials(text: str, *secrets: str) -> str:
+    """The text with every URL's user:password@ and each given secret shown as ***.
+
+    Everything a person or a log may see goes through this first: a
+    couchdb.url may carry its password (http://admin:secret@host:5984), and
+    exception texts quote the URLs they failed on.
+    """
+    text = _URL_USERINFO.sub("***@", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 class ApiError(Exception):
@@ -58,12 +76,36 @@ class UnsupportedMediaTypeError(ApiError):
     status, code = 415, "unsupported_media_type"
 
 
-class AuthenticationRequiredError(ApiError):
+# Every 401 says how to get a credential and how to send it: a caller who got
+# one has nobody else to ask. The commands are the real ones in app/cli.py.
+HOW_TO_AUTHENTICATE = (
+    "Workers and queuers send a token as 'X-AUTHENTICATION: <token>' (or"
+    " 'Authorization: Bearer <token>'); an operator makes one with"
+    " `distleech token add --role worker NAME` (or --role queuer)."
+    " Users and admins send HTTP basic auth ('Authorization: Basic ...', curl -u NAME);"
+    " an operator adds one with `distleech user add NAME [--admin]`."
+)
+
+
+class _Unauthenticated(ApiError):
+    """A 401: the reason ends with how to get and send a credential."""
+
+    def __init__(self, reason: str, **details: Any) -> None:
+        super().__init__(f"{reason} {HOW_TO_AUTHENTICATE}", **details)
+
+
+class AuthenticationRequiredError(_Unauthenticated):
     status, code = 401, "authentication_required"
 
 
-class InvalidCredentialsError(ApiError):
+class InvalidCredentialsError(_Unauthenticated):
     status, code = 401, "invalid_credentials"
+
+
+class CrossSiteRequestError(ApiError):
+    """A browser sent a state-changing request on behalf of another site's page."""
+
+    status, code = 403, "cross_site_request"
 
 
 class ForbiddenError(ApiError):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC
 from typing import Any
@@ -116,6 +117,23 @@ def migrated_event_id(legacy: Doc, site: str) -> str:
     return f"{EVENT_PREFIX}{stamp}:{site}:{digest}"
 
 
+_LEGACY_TOKEN = re.compile(r"^token:[0-9a-f]{64}$")
+
+
+def renamed_aggregate(aggregate: str) -> str:
+    """The aggregate id an old one has in the new log.
+
+    Old tokens were named after the SHA-256 of the secret (`token:<64 hex>`);
+    in the new layout a token's id must say nothing of its secret, so it gets
+    a public id derived one way from the old one (deterministic, so that a
+    resumed migration names it alike). Every other id stays.
+    """
+    if not _LEGACY_TOKEN.match(aggregate):
+        return aggregate
+    digest = hashlib.sha256(("distleech-token-id:" + aggregate[6:]).encode()).hexdigest()
+    return "token:" + digest[:16]
+
+
 def convert_event(legacy: Doc, site: str) -> Doc:
     """One old event as a new one with a single change; secret fields are dropped."""
     for field in ("type", "aggregate", "version", "name", "at", "data"):
@@ -123,6 +141,7 @@ def convert_event(legacy: Doc, site: str) -> Doc:
             raise MigrationError(f"{legacy['_id']} is not an old event (no {field!r}): stopped")
     data = {k: v for k, v in legacy["data"].items() if k not in SECRET_FIELDS}
     change = {k: legacy[k] for k in ("aggregate", "version", "name")}
+    change["aggregate"] = renamed_aggregate(legacy["aggregate"])
     change["data"] = data
     return {
         "_id": migrated_event_id(legacy, site),
@@ -189,7 +208,8 @@ class _Secrets:
                 passwords += 1
         for token_id, (name, role, revoked) in sorted(self.tokens.items()):
             if not revoked:  # a revoked token is never linked: it can never work again
-                credentials.link_token(db, token_id, token_id, name, role)
+                public_id = renamed_aggregate(f"token:{token_id}").removeprefix("token:")
+                credentials.link_token(db, token_id, public_id, name, role)
                 tokens += 1
         return passwords, tokens
 
@@ -262,10 +282,14 @@ def check_against_log(db: Database, *, batch: int = 500) -> tuple[int, list[Diff
     folded = 0
     chunk: list[tuple[str, Doc | None]] = []
 
+    # old token projections are compared with their renamed rebuild
+    renamed = {renamed_aggregate(i): i for i in db.iter_ids("token:") if _LEGACY_TOKEN.match(i)}
+
     def compare(items: list[tuple[str, Doc | None]]) -> None:
-        stored = db.get_many(agg for agg, _ in items)
+        stored = db.get_many(renamed.get(agg, agg) for agg, _ in items)
         for agg, rebuilt in items:
-            fields = _differences(stored.get(agg), rebuilt)
+            old = stored.get(renamed.get(agg, agg))
+            fields = _differences(None if old is None else dict(old, _id=agg), rebuilt)
             if fields is not None:
                 found.append(Difference(agg, fields))
 
@@ -278,7 +302,11 @@ def check_against_log(db: Database, *, batch: int = 500) -> tuple[int, list[Diff
             chunk = []
     compare(chunk)
     for type_name in sorted(projected_types()):
-        found += [Difference(i, {}) for i in db.iter_ids(f"{type_name}:") if i not in in_log]
+        found += [
+            Difference(i, {})
+            for i in db.iter_ids(f"{type_name}:")
+            if i not in in_log and renamed_aggregate(i) not in in_log
+        ]
     return folded, found
 
 

@@ -99,7 +99,10 @@ def catch_up_projections(db: Database, *, limit: int = 500, max_rounds: int = 10
                 needed[agg] = max(needed.get(agg, 0), change["version"])
                 if change["site"] != own_site:
                     foreign.add(agg)
-        stored = db.get_many(needed)
+        stored: dict[str, Doc] = {}
+        ids = list(needed)
+        for start in range(0, len(ids), 1000):
+            stored |= db.get_many(ids[start : start + 1000])
         for agg, version in needed.items():
             if agg in foreign or stored.get(agg, {}).get("version", 0) < version:
                 before = stored.get(agg)

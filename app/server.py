@@ -6,12 +6,16 @@ processes prefer distinct windows of a queue and rarely race for the same item.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from app.config import Settings
+
+log = logging.getLogger("gunicorn.error")  # gunicorn's own log: it reaches var/log/app.log
 
 
 def _post_fork(server: Any, worker: Any) -> None:
@@ -31,9 +35,23 @@ class DistleechGunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from app import create_app
+        """Build the app, waiting (and saying so) while CouchDB does not answer.
 
-        return create_app()
+        A worker whose load() raises makes gunicorn stop altogether ("worker
+        failed to boot"), and a server busy building a big index may not
+        answer for minutes: waiting is the only way that ends well.
+        """
+        from app import create_app
+        from app.couch import CouchUnavailableError
+
+        delay = 1.0
+        while True:
+            try:
+                return create_app()
+            except CouchUnavailableError as exc:
+                log.warning("CouchDB did not answer (%s); trying again in %.0f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
 
 def run_gunicorn(settings: Settings, *, host: str, port: int, workers: int) -> None:

@@ -7,7 +7,12 @@ from typing import Any
 
 from flask import Request, current_app
 
-from app.errors import InvalidJsonError, InvalidRowsError, UnsupportedMediaTypeError
+from app.errors import (
+    InvalidJsonError,
+    InvalidRowsError,
+    UnsupportedMediaTypeError,
+    ValidationFailedError,
+)
 from app.ids import MAX_SAFE_INT
 
 
@@ -16,8 +21,26 @@ def context() -> Any:
     return current_app.extensions["distleech"]
 
 
-# curl -d sends form-urlencoded unless told otherwise, so JSON is read from that too.
-JSON_BODY_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain")
+# Only a JSON media type counts as JSON. A browser may send text/plain, a form
+# or no content type at all to another site without asking first (a "simple"
+# request, no CORS preflight) and attaches the basic-auth credentials it holds;
+# application/json it can only send after the target agrees. Accepting JSON
+# under any other type would let a web page post to admin routes as the admin
+# (CSRF). The original clients send application/json: the distleech worker
+# posts with requests' json=, and the original server read /metadata/submit
+# with Flask's get_json(), which ignored any other type.
+JSON_MIMETYPE = "application/json"
+# Deeper than any payload of ours (a Gazelle response nests about 5 levels);
+# a deeper one would end in a RecursionError somewhere past the parser.
+MAX_JSON_DEPTH = 64
+FORM_MIMETYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def is_json_mimetype(mimetype: str) -> bool:
+    """application/json or any structured-syntax +json type (RFC 6839)."""
+    if mimetype == JSON_MIMETYPE:
+        return True
+    return mimetype.startswith("application/") and mimetype.endswith("+json")
 
 
 def whole_number(text: str) -> int | None:
@@ -35,18 +58,86 @@ def whole_number(text: str) -> int | None:
     return value if value <= MAX_SAFE_INT else None
 
 
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value, without recursing."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def parse_json_text(raw: bytes | str, what: str = "The request body") -> Any:
+    """Parse JSON text; anything unparsable or too deeply nested is InvalidJsonError.
+
+    Every JSON a client sends goes through here: json.loads raises
+    RecursionError (not ValueError) on `[` x 100,000, which would be a 500.
+    """
+    too_deep = f"{what} nests arrays or objects deeper than {MAX_JSON_DEPTH} levels."
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJsonError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidJsonError(too_deep) from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise InvalidJsonError(too_deep)
+    return value
+
+
+def check_json_content_type(req: Request) -> None:
+    """Raise 415 unsupported_media_type unless the request says its body is JSON."""
+    if not is_json_mimetype(req.mimetype):
+        sent = req.mimetype or "no Content-Type"
+        raise UnsupportedMediaTypeError(
+            f"Expected a JSON body with Content-Type: application/json, got {sent}."
+            " (curl: add -H 'Content-Type: application/json', or use --json.)"
+        )
+
+
 def json_body(req: Request) -> Any:
-    """Parse the body as JSON whatever the content type curl sent; errors get codes."""
-    mimetype = req.mimetype
-    if mimetype and mimetype not in JSON_BODY_TYPES and not mimetype.endswith("+json"):
-        raise UnsupportedMediaTypeError(f"Expected a JSON body, got {mimetype}.")
+    """The body as JSON: only under a JSON content type (see above); errors get codes.
+
+    An empty body is 400 invalid_json whatever its type: there is nothing to
+    misread, and "send a JSON document" is the more useful answer.
+    """
     raw = req.get_data(cache=True)
     if not raw.strip():
         raise InvalidJsonError("The request body is empty; a JSON document is expected.")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidJsonError(f"The request body is not valid JSON: {exc}") from None
+    check_json_content_type(req)
+    return parse_json_text(raw)
+
+
+def form_or_json_fields(req: Request) -> dict[str, Any]:
+    """The fields of a form, or of a JSON object under a JSON content type.
+
+    A form, or no body at all, is read as a form; anything else is 415
+    unsupported_media_type, as is JSON sent as a form (`curl -d '{…}'`),
+    whose fields would otherwise be silently lost.
+    """
+    if is_json_mimetype(req.mimetype):
+        body = json_body(req)
+        if not isinstance(body, dict):
+            raise ValidationFailedError("The JSON body must be an object.")
+        return body
+    raw = req.get_data(cache=True).strip()
+    if not raw or (req.mimetype in FORM_MIMETYPES and raw[:1] != b"{"):
+        return req.form.to_dict()
+    sent = req.mimetype or "a body without Content-Type"
+    hint = " (curl: -H 'Content-Type: application/json')" if raw[:1] == b"{" else ""
+    raise UnsupportedMediaTypeError(
+        f"Send the fields as a form or as JSON under Content-Type: application/json,"
+        f" not {sent}{hint}."
+    )
 
 
 def parse_rows(raw: Any, maximum: int) -> int:

@@ -6,12 +6,13 @@ from datetime import timedelta
 
 import pytest
 from conftest import token_header
+from factories import db_snapshot
 
 from app import archive
 from app.auth import issue_token
 from app.events import read_events
-from app.projections import rebuild_projections
 from app.leasing import reap_expired_leases
+from app.projections import rebuild_projections
 from app.timeutil import iso
 
 URL = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
@@ -79,16 +80,18 @@ def test_queue_accepts_json_and_mode(client, queuer, worker):
     assert lease(client, worker).get_json()["mode"] == 2
 
 
-def test_json_sent_as_form_by_curl_is_read_as_json(client, queuer):
-    # curl -d '{"url": …}' sends application/x-www-form-urlencoded
+def test_json_sent_as_form_by_curl_is_refused_and_queues_nothing(client, db, queuer):
+    # curl -d '{"url": …}' sends application/x-www-form-urlencoded: JSON is read only
+    # with a JSON content type, so a web page cannot post JSON with a user's credentials
+    before = db_snapshot(db)
     response = client.post(
         "/api/worker/queue",
         data=f'{{"url": "{URL}", "mode": "1"}}',
         content_type="application/x-www-form-urlencoded",
         headers=queuer,
     )
-    assert response.status_code == 201
-    assert response.get_json()["mode"] == 1
+    assert (response.status_code, response.get_json()["error"]) == (415, "unsupported_media_type")
+    assert db_snapshot(db) == before
 
 
 def test_duplicate_queue_is_reported_not_doubled(client, db, queuer, worker):

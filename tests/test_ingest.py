@@ -25,9 +25,9 @@ from torrent_factories import (
 )
 
 from app.downloads import task_doc_id
-from app.projections import rebuild_projections
 from app.ingest_cli import ingest as ingest_group
 from app.ingest_parse import LISTING_VALIDATOR, is_plainly_valid
+from app.projections import rebuild_projections
 from app.torrents import torrent_doc_id
 
 OPS = "orpheus.network"
@@ -319,7 +319,7 @@ def test_bad_listings_are_refused_and_change_nothing(client, db, worker, body):
     [
         ("", "application/json", 400, "invalid_json"),
         ("{", "application/json", 400, "invalid_json"),
-        ("path=/a", "application/x-www-form-urlencoded", 400, "invalid_json"),
+        ("path=/a", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
         ("<x/>", "application/xml", 415, "unsupported_media_type"),
     ],
 )

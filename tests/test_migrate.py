@@ -9,6 +9,7 @@ projections side by side, and the plaintext credentials it handed out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections import defaultdict
@@ -30,6 +31,7 @@ from app.migrate import (
     is_legacy_layout,
     migrate,
     migrate_command,
+    renamed_aggregate,
 )
 from app.projections import rebuild_projections
 from app.store import init_database
@@ -117,7 +119,7 @@ def assert_migrated(db: Database) -> None:
             changes[change["aggregate"]].append((change["version"], change["name"], change["data"]))
     legacy = defaultdict(list)
     for event in LEGACY_EVENTS:
-        legacy[event["aggregate"]].append(
+        legacy[renamed_aggregate(event["aggregate"])].append(
             (event["version"], event["name"], without_hash(event["data"]))
         )
     assert {agg: sorted(c) for agg, c in changes.items()} == {
@@ -133,6 +135,9 @@ def assert_migrated(db: Database) -> None:
     for database_docs in (log_docs, read_model.values()):
         text = json.dumps(list(database_docs))
         assert "password_hash" not in text and "scrypt:" not in text
+        # an old token's id was the SHA-256 of its secret: no such hash is left
+        for token in CREDENTIALS["tokens"].values():
+            assert hashlib.sha256(token.encode()).hexdigest() not in text
     report = rebuild_projections(db, check_only=True)
     assert (report.differing, report.without_events) == ([], [])
     assert report.events == len(LEGACY_EVENTS)

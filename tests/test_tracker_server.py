@@ -112,7 +112,9 @@ def recorded(db, user_id=7):
     return user["uploaded"], user["downloaded"], user["snatches"]
 
 
-def test_swarms_transfers_and_snatches_are_written_behind(db, peers_db, trackers, member):
+def test_swarms_transfers_and_snatches_are_written_behind(
+    db, peers_db, trackers, member, make_app, admin_auth
+):
     tracker = trackers()
     tracker.announce(IH, PEER_A, member, event="started", left=100)
     wait_for(lambda: stored_peers(peers_db) == {PEER_A}, 10, "the swarm to be stored")
@@ -121,6 +123,8 @@ def test_swarms_transfers_and_snatches_are_written_behind(db, peers_db, trackers
 
     wait_for(lambda: current(db, peers_db) == (500, 100, 1), 10, "the user's totals and snatch")
     assert recorded(db) == (0, 0, 0)  # the summary waits for the hour's end or a stop
+    shown = make_app().test_client().get("/api/user/7", headers=admin_auth).get_json()
+    assert (shown["uploaded"], shown["downloaded"], shown["snatches"]) == (500, 100, 1)
     [counts] = activity.current_counts(db, peers_db)
     assert counts["snatches"] == 1
     swarm = peersdb.get_swarm(peers_db, IH)

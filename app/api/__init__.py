@@ -2,11 +2,47 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from urllib.parse import urlsplit
+
+from flask import Flask, request
+
+from app.errors import CrossSiteRequestError
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def register_blueprints(app: Flask) -> None:
     from app.api import admin, archive, cache, ingest, metadata, stats, torrents, tracker
 
+    app.before_request(refuse_cross_site_writes)
     for module in (metadata, archive, stats, admin, torrents, ingest, cache, tracker):
         app.register_blueprint(module.bp)
+
+
+def refuse_cross_site_writes() -> None:
+    """Refuse a browser's write that another site's page started (CSRF): 403.
+
+    A browser attaches the basic-auth credentials it holds to any request to
+    this host, also to a form or fetch() that another site's page sends, and
+    forms need no CORS preflight. JSON endpoints take only application/json
+    (app.web), which such a page cannot send, but the form endpoints (POST
+    /torrents, the Patchwork queue, the CSV upload) stay forms for their
+    clients. Browsers say where a request comes from (Sec-Fetch-Site, else
+    Origin); scripts and workers send neither, so they are never refused.
+    """
+    if request.method in SAFE_METHODS:
+        return
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        if fetch_site in ("same-origin", "none"):
+            return
+        raise CrossSiteRequestError(
+            f"A browser sent this {request.method} from another site's page ({fetch_site});"
+            " call the API from a script or a worker instead."
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        raise CrossSiteRequestError(
+            f"A browser sent this {request.method} from {origin}, another site;"
+            " call the API from a script or a worker instead."
+        )

@@ -3,7 +3,7 @@
 Queuers add URLs; workers lease them, report results and send heartbeats;
 anyone may read /api/status. Tokens travel in `X-AUTHENTICATION`, as
 Patchwork's clients send them. Fields come as a form (Patchwork's clients) or
-as a JSON object with the same keys.
+as a JSON object with the same keys (under a JSON content type only).
 """
 
 from __future__ import annotations
@@ -22,25 +22,14 @@ from app.errors import (
     ValidationFailedError,
 )
 from app.timeutil import iso
-from app.web import context, json_body
+from app.web import context, form_or_json_fields
 
 bp = Blueprint("archive", __name__)
 
 
 def _fields() -> dict[str, Any]:
-    """The request's fields, from a JSON object or a form, whichever was sent.
-
-    curl -d sends JSON as a form, so a body that opens with "{" is read as
-    JSON whatever its content type. The body is read once and cached, and the
-    form parser reads that cache.
-    """
-    raw = request.get_data(cache=True)
-    if request.is_json or raw.lstrip()[:1] == b"{":
-        body = json_body(request)
-        if not isinstance(body, dict):
-            raise ValidationFailedError("The JSON body must be an object.")
-        return body
-    return request.form.to_dict()
+    """The request's fields, from a form (Patchwork's clients) or a JSON object."""
+    return form_or_json_fields(request)
 
 
 def _required(fields: dict[str, Any], name: str) -> Any:

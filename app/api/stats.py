@@ -14,6 +14,7 @@ from flask import Blueprint, Request, Response, jsonify, request
 from markupsafe import escape
 
 from app import stats
+from app.designdocs import get_warming_state
 from app.errors import ValidationFailedError
 from app.web import context
 
@@ -35,9 +36,18 @@ def wanted_format(req: Request) -> str:
     return FORMATS.get(best or "text/html", "html")
 
 
-def render_html(figures: dict[str, Any]) -> str:
+def _warming_line(indexes: dict[str, Any] | None, prefix: str) -> str:
+    """While `distleech run` still builds indexes, a line saying how far it got."""
+    if not indexes or indexes.get("state") != "warming":
+        return ""
+    current = f", now {indexes['current']}" if indexes.get("current") else ""
+    return f"{prefix}Indexes: warming, {indexes['warm']} of {indexes['total']} warm{current}"
+
+
+def render_html(figures: dict[str, Any], extra: str = "") -> str:
     """A minimal page whose body holds the same lines as `distleech stats`."""
-    body = "<br>\n".join(str(escape(line)) for line in stats.stats_lines(figures))
+    lines = [*stats.stats_lines(figures), *([extra] if extra else [])]
+    body = "<br>\n".join(str(escape(line)) for line in lines)
     return (
         '<!doctype html>\n<html lang="en">\n<head><meta charset="utf-8">'
         "<title>distleech stats</title></head>\n"
@@ -47,15 +57,21 @@ def render_html(figures: dict[str, Any]) -> str:
 
 @bp.get("/stats")
 def show_stats() -> Response:
-    """Albums, metadata dispatches (stale/active), filled requests; per-queue counts in JSON."""
+    """Albums, metadata dispatches (stale/active), filled requests; per-queue counts in JSON.
+
+    JSON also says how warm the indexes are ("indexes": {"state": "warming" or
+    "warm", "warm", "total", "current", "at"}, null if never warmed by `run`).
+    """
     ctx = context()
     fmt = wanted_format(request)
     figures = stats.get_stats(ctx.db, ctx.clock())
+    indexes = get_warming_state(ctx.db)
     if fmt == "json":
-        response = jsonify(figures)
+        response = jsonify({**figures, "indexes": indexes})
     elif fmt == "text":
-        response = Response(stats.format_stats_text(figures) + "\n", mimetype="text/plain")
+        text = stats.format_stats_text(figures) + _warming_line(indexes, "\n")
+        response = Response(text + "\n", mimetype="text/plain")
     else:
-        response = Response(render_html(figures), mimetype="text/html")
+        response = Response(render_html(figures, _warming_line(indexes, "")), mimetype="text/html")
     response.vary.add("Accept")  # caches must not hand JSON to a browser or HTML to a script
     return response

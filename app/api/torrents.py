@@ -8,7 +8,6 @@ torrent's files live. The ingest scanner's listings go to app/api/ingest.py.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Request, Response, jsonify, request
@@ -16,8 +15,13 @@ from flask import Blueprint, Request, Response, jsonify, request
 from app import torrents
 from app.auth import WORKER, current_principal, requires
 from app.downloads import TorrentRef
-from app.errors import InvalidReasonError, MissingFieldError, ValidationFailedError
-from app.web import context, json_body, whole_number
+from app.errors import (
+    InvalidJsonError,
+    InvalidReasonError,
+    MissingFieldError,
+    ValidationFailedError,
+)
+from app.web import context, form_or_json_fields, json_body, parse_json_text, whole_number
 
 bp = Blueprint("torrents", __name__)
 
@@ -45,9 +49,9 @@ def _form_gazelle(raw: str | None) -> Any:
     if raw is None or not raw.strip():
         return None
     try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise torrents.InvalidGazelleError(f"The gazelle field is not JSON: {exc}") from None
+        return parse_json_text(raw, "The gazelle field")
+    except InvalidJsonError as exc:
+        raise torrents.InvalidGazelleError(exc.reason) from None
 
 
 def _upload_from_request() -> torrents.Upload:
@@ -158,10 +162,7 @@ def torrent_file(info_hash: str) -> Response:
 
 def _reason() -> str | None:
     """The optional reason ("trumped", "deleted", …) from a JSON body or a form field."""
-    if not request.get_data(cache=True).strip():
-        return None
-    fields = request.form if request.mimetype.endswith("form-urlencoded") else _json_object()
-    raw = fields.get("reason")
+    raw = form_or_json_fields(request).get("reason")
     if raw is None:
         return None
     if not isinstance(raw, str) or len(raw) > MAX_REASON_CHARS:

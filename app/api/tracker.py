@@ -25,7 +25,7 @@ from app.config import Settings
 from app.errors import MissingFieldError, UnknownPasskeyError, ValidationFailedError
 from app.ids import MAX_SAFE_INT
 from app.timeutil import iso
-from app.tracker import accounts, peersdb
+from app.tracker import accounts, activity, peersdb
 from app.web import context, json_body
 
 bp = Blueprint("tracker", __name__)
@@ -191,12 +191,14 @@ def register_user() -> tuple[Response, int]:
 @bp.get("/api/user/<user_id>")
 @requires(ADMIN)
 def get_user(user_id: str) -> Response:
-    """A tracker user with their totals (never the passkey). Who: admins."""
-    return jsonify(
-        accounts.public_user(
-            accounts.get_tracker_user(context().db, accounts.check_user_id(user_id))
-        )
-    )
+    """A tracker user with their totals (never the passkey). Who: admins.
+
+    The totals include the current hour's traffic, which the tracker records
+    as a summary only at the end of the hour (app/tracker/activity.py).
+    """
+    ctx = context()
+    doc = activity.current_user(ctx.db, ctx.peers_db, accounts.check_user_id(user_id))
+    return jsonify(accounts.public_user(doc))
 
 
 @bp.patch("/api/user/<user_id>")

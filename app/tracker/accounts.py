@@ -1,22 +1,24 @@
 """The tracker's directory: tracked torrents, tracker users and the client whitelist.
 
-Ordinary event-sourced state in the main database (so it replicates and
-rebuilds like everything else), managed through the Mika-style API and the
+Ordinary event-sourced state (events in the log, projections in the read
+model, so it replicates and rebuilds like everything else), managed through the Mika-style API and the
 `distleech tracker` CLI, and read by the tracker process:
 
 - `tracked:<info hash>`: `registered` {torrent_id, name, source: "api"|"registry"},
   `unregistered` {}, `snatched` {users: [user_id, …]}.
 - `trackeruser:<user_id>`: `registered` {passkey_sha256, can_leech, name},
   `updated` {changed fields}, `deleted` {}, `transferred` {uploaded, downloaded,
-  snatched: [info_hash, …]}.
+  snatched: [info_hash, …], batch, from, until, reason}: a summary of an hour,
+  of a session that stopped, or of the time until a clean shutdown.
 - `whitelist:<prefix>`: `added` {client}, `removed` {}.
 
 Passkeys are stored only as their SHA-256 (like tokens: they are random, so a
 fast hash is enough); the plaintext is shown once, when it is created. The
 tracker process loads the projections (`iter_directory_docs`) and then follows
 `_changes?filter=tracker/directory&include_docs=true`, which passes exactly
-these projection documents; it reports traffic and snatches back through
-`record_activity`, once per flush.
+these projection documents; it reports traffic back as summaries through its
+write-behind's tallies (app/tracker/activity.py), and snatches of torrents at
+the flush that saw them.
 """
 
 from __future__ import annotations

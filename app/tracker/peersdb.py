@@ -14,6 +14,11 @@ and peer lists from the same documents.
                "client": "-LT2110-"}}}
 
 A client that announced over both IPv4 and IPv6 has `ip6`/`port6` too.
+
+The same database holds the write-behind's current tallies,
+`activity:<aggregate>` (format in app/tracker/activity.py): a user's traffic
+not yet recorded as a summary event. No view reads them, and the stale-peer
+reaper touches only `swarm:` documents.
 """
 
 from __future__ import annotations
