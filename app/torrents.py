@@ -31,7 +31,7 @@ from typing import Any
 import torf
 
 from app import downloads
-from app.couch import Database, DocumentConflictError
+from app.couch import Database
 from app.downloads import TorrentRef
 from app.errors import (  # noqa: F401  (re-exported: callers use torrents.<Error>)
     InfoHashMismatchError,
@@ -553,24 +553,30 @@ def _title(state: Doc) -> str | None:
 # ---------------------------------------------------------------- registering
 
 
-def store_torrent_file(db: Database, parsed: ParsedTorrent) -> bool:
-    """Keep the .torrent (reduced to its info dictionary) once; True when written now.
+@projector("torrentfile")
+def apply_torrent_file_event(state: Doc, event: Doc) -> None:
+    """A stored .torrent: written once, never changed (its id is its content's hash)."""
+    if event["name"] == "stored":
+        state.update(event["data"])
 
-    Content-addressed and immutable: a second upload of the same info hash is
-    the same content, so a conflict means it is stored already.
+
+def torrent_file_decision(parsed: ParsedTorrent) -> Decision:
+    """Keep the .torrent (reduced to its info dictionary) once.
+
+    It is a fact like any other: the log holds it, so a rebuilt read model
+    and every other site have it too. Content-addressed: a second upload of
+    the same info hash is the same content and records nothing.
     """
-    doc = {
-        "_id": torrent_file_doc_id(parsed.info_hash),
-        "type": "torrentfile",
+    data = {
         "info_hash": parsed.info_hash,
         "size": len(parsed.stored_bytes),
         "data": base64.b64encode(parsed.stored_bytes).decode("ascii"),
     }
-    try:
-        db.put(doc)
-    except DocumentConflictError:
-        return False
-    return True
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        return None if state is not None else ("stored", data)
+
+    return decide
 
 
 def read_torrent_file(db: Database, info_hash: str) -> bytes:
@@ -631,17 +637,20 @@ def register_upload(db: Database, upload: Upload, *, actor: str, now: datetime) 
     states = db.get_many([doc_id] + ([task_id] if task_id else []))
     if upload.ref is not None and task_id is not None:
         _check_task_link(states.get(task_id), upload.ref, info_hash)
-    stored = store_torrent_file(db, upload.torrent) if upload.torrent is not None else False
     unavailable = bool((states.get(doc_id) or {}).get("unavailable"))
     decisions: list[tuple[str, Decision]] = [(doc_id, merge_decision(upload))]
     if task_id is not None:
         decisions.append((task_id, task_decision(info_hash, unavailable)))
     decisions.append(tracker_accounts.registry_decision(info_hash, _upload_name(upload)))
+    if upload.torrent is not None:
+        decisions.append((torrent_file_doc_id(info_hash), torrent_file_decision(upload.torrent)))
     outcomes = commit(db, decisions, actor=actor, now=now, states=states)
     check_none_lost(outcomes)
     if outcomes[0].recorded:
         refresh_matching_index(db)
-    return _upload_report(upload, outcomes[:-1], stored)
+    stored = upload.torrent is not None and outcomes[-1].recorded
+    tracked = 1 + (upload.torrent is not None)  # the tracker's and the file's outcomes
+    return _upload_report(upload, outcomes[:-tracked], stored)
 
 
 MATCHING_VIEWS = ("by_file", "by_top_dir")

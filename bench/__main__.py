@@ -1,4 +1,4 @@
-"""`python -m bench [import|lease|stats|match|verify|tracker ...] [--quick]`: run benchmarks.
+"""`python -m bench [import|lease|rebuild|stats|match|verify|tracker ...] [--quick]`: benchmarks.
 
 Each prints its figures as ratios against a baseline measured in the same run.
 Exit status 1 when a target is missed or a benchmark breaks, else 0.
@@ -12,12 +12,13 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import import_csv, lease, match, stats, tracker, verify
+from bench import import_csv, lease, match, rebuild, stats, tracker, verify
 from bench.harness import quick_from_env
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "import": import_csv.run,
     "lease": lease.run,
+    "rebuild": rebuild.run,
     "stats": stats.run,
     "match": match.run,
     "verify": verify.run,
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             outcomes[name] = "ERROR"
         else:
-            outcomes[name] = {True: "PASS", False: "FAIL"}.get(passed, "SKIPPED")
+            outcomes[name] = "PASS" if passed is True else "FAIL" if passed is False else "SKIPPED"
         print(f"{name}: done in {time.perf_counter() - began:.0f} s\n", flush=True)
     summary = ", ".join(f"{name} {outcome}" for name, outcome in outcomes.items())
     print(f"bench: {summary} ({time.perf_counter() - started:.0f} s{', quick' if quick else ''})")

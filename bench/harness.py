@@ -164,10 +164,10 @@ def raw_bulk_docs_rate(
 
 
 def validating_design() -> dict[str, Any]:
-    """The app's events design document: its validate_doc_update runs on every write."""
+    """The event log's design document: its validate_doc_update runs on every write."""
     from app.designdocs import build_design_docs
 
-    return build_design_docs()["_design/events"]
+    return build_design_docs(database="events")["_design/log"]
 
 
 def median_latency(
@@ -337,3 +337,138 @@ def write_results(name: str, figures: dict[str, Any], *, quick: bool) -> Path:
     }
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------- issue 8: leases, imports, rebuild
+
+
+@dataclasses.dataclass
+class ScratchServer:
+    """A bundled server for one benchmark: its URL, work directory and process id."""
+
+    url: str
+    work: Path
+    pid: int
+
+
+@contextlib.contextmanager
+def scratch_server_process(name: str) -> Iterator[ScratchServer]:
+    """As scratch_server, but also yield the server's pid so its RSS can be read in /proc."""
+    with tempfile.TemporaryDirectory(prefix=f"distleech-bench-{name}-") as tmp:
+        work = Path(tmp)
+        port = bundled.free_port()
+        process = bundled.start(work / "couch", port)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            bundled.wait_until_up(url)
+            yield ScratchServer(url, work, process.pid)
+        finally:
+            bundled.stop(process)
+
+
+def process_rss(pid: int) -> tuple[int, int]:
+    """(current, peak) resident set size in bytes of a running process (VmRSS, VmHWM)."""
+    fields: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) * 1024  # kB
+    return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p95/p99/max of a sample (nearest rank); NaN for an empty sample."""
+    if not values:
+        return {key: float("nan") for key in ("p50", "p95", "p99", "max")}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "max": ordered[-1]}
+
+
+def format_latencies(figures: dict[str, float]) -> str:
+    return ", ".join(f"{key} {value * 1000:,.0f} ms" for key, value in figures.items())
+
+
+def database_exists(url: str, database: str) -> bool:
+    return requests.head(f"{url}/{database}", timeout=60).status_code == 200
+
+
+def events_database(url: str, database: str) -> str | None:
+    """The event log beside a read model (`<db>_events`) when the store has one."""
+    name = f"{database}_events"
+    return name if database_exists(url, name) else None
+
+
+def run_cli(url: str, database: str, work: Path, *args: str) -> str:
+    """Run one `distleech` command against the benchmark's database; return its stdout."""
+    done = subprocess.run(
+        distleech_command(*args),
+        env=app_env(url, database, work),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"distleech {' '.join(args)} exited with {done.returncode}:\n{done.stderr[-2000:]}"
+        )
+    return done.stdout
+
+
+def import_inventory(url: str, database: str, work: Path, rows: int) -> ChildRun:
+    """Write a CSV of `rows` albums and import it with the real `distleech import-csv`.
+
+    Going through the command rather than the store's functions keeps the
+    benchmarks working while the store behind it changes.
+    """
+    csv_path = write_inventory_csv(work / f"inventory-{database}-{rows}.csv", rows)
+    run = run_measured(
+        distleech_command("import-csv", "--json", str(csv_path)),
+        app_env(url, database, work),
+        work / f"import-{database}.log",
+    )
+    if run.returncode != 0:
+        raise RuntimeError(
+            f"distleech import-csv exited with {run.returncode}:\n{run.output[-2000:]}"
+        )
+    summary = json.loads(next(line for line in run.output.splitlines() if line.startswith("{")))
+    if summary.get("added") != rows or summary.get("rejected"):
+        raise RuntimeError(
+            f"expected {rows} rows added, none rejected; the importer said {summary}"
+        )
+    return run
+
+
+def issue_worker_token(url: str, database: str, work: Path) -> str:
+    """A worker token made by `distleech token add` (printed once on stdout)."""
+    output = run_cli(url, database, work, "token", "add", "bench-worker", "--role", "worker")
+    return output.strip().splitlines()[-1].strip()
+
+
+def fill_plain_docs(url: str, database: str, docs: int, *, batch: int = 1000) -> float:
+    """Create a database of `docs` plain small documents; return the _bulk_docs docs/s."""
+    session = requests.Session()
+    session.put(f"{url}/{database}", timeout=30).raise_for_status()
+    started = time.perf_counter()
+    for first in range(0, docs, batch):
+        body = {
+            "docs": [
+                {"_id": f"raw:{i:08d}", "type": "raw", "n": i}
+                for i in range(first, min(docs, first + batch))
+            ]
+        }
+        response = session.post(
+            f"{url}/{database}/_bulk_docs", data=json.dumps(body), headers=JSON_HEADERS, timeout=300
+        )
+        response.raise_for_status()
+    return docs / (time.perf_counter() - started)
+
+
+def drop_database(url: str, database: str) -> None:
+    with contextlib.suppress(requests.RequestException):
+        requests.delete(f"{url}/{database}", timeout=300)
