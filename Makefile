@@ -62,13 +62,13 @@ test: install debs
 	$(NETNS) $(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check app scheduler tests bench
-	$(BIN)/ruff format --check app scheduler tests bench
+	$(BIN)/ruff check app scheduler tests bench metainfo worker
+	$(BIN)/ruff format --check app scheduler tests bench metainfo worker
 	$(BIN)/mypy
 
 fmt: install
-	$(BIN)/ruff format app scheduler tests bench
-	$(BIN)/ruff check --fix app scheduler tests bench
+	$(BIN)/ruff format app scheduler tests bench metainfo worker
+	$(BIN)/ruff check --fix app scheduler tests bench metainfo worker
 
 bench: install bench-debs
 	$(BIN)/python -m bench

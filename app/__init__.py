@@ -10,11 +10,11 @@ from typing import Any
 
 from flask import Flask
 
-from app.auth import Authenticator
+from app.accounts.auth import Authenticator
 from app.config import Settings, load_settings
-from app.couch import CouchServer, Database
 from app.errors import register_error_handlers
-from app.leasing import QueueLeaser
+from app.queues.leasing import QueueLeaser
+from app.store.couch import CouchServer, Database
 from app.timeutil import Clock, utcnow
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,10 @@ def connect(settings: Settings, pool_size: int | None = None) -> Database:
 def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Clock = utcnow) -> Flask:
     """Build the WSGI app: the only place that wires settings, database and blueprints."""
     from app.api import register_blueprints
-    from app.store import init_database
+    from app.projectors import register_projectors
+    from app.store.setup import init_database
 
+    register_projectors()
     settings = load_settings(test_config)
     db = connect(settings)
     init_database(db, warm=False)

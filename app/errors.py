@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from app.couch import CouchUnavailableError
-from app.events import ConcurrencyError
+from app.store.couch import CouchUnavailableError
+from app.store.events import ConcurrencyError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class UnsupportedMediaTypeError(ApiError):
 
 
 # Every 401 says how to get a credential and how to send it: a caller who got
-# one has nobody else to ask. The commands are the real ones in app/cli.py.
+# one has nobody else to ask. The commands are the real ones in app/cli/main.py.
 HOW_TO_AUTHENTICATE = (
     "Workers and queuers send a token as 'X-AUTHENTICATION: <token>' (or"
     " 'Authorization: Bearer <token>'); an operator makes one with"

@@ -16,10 +16,10 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from app.albums import QUEUE as METADATA_QUEUE
-from app.couch import Database, DocumentConflictError
-from app.downloads import DONE
-from app.events import Doc
+from app.queues.albums import QUEUE as METADATA_QUEUE
+from app.queues.downloads import DONE
+from app.store.couch import Database, DocumentConflictError
+from app.store.events import Doc
 from app.timeutil import iso
 
 log = logging.getLogger(__name__)

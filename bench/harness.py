@@ -23,7 +23,7 @@ from typing import Any
 
 import requests
 
-from app import bundled
+from app.processes import bundled
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -165,7 +165,7 @@ def raw_bulk_docs_rate(
 
 def validating_design() -> dict[str, Any]:
     """The event log's design document: its validate_doc_update runs on every write."""
-    from app.designdocs import build_design_docs
+    from app.store.designdocs import build_design_docs
 
     return build_design_docs(database="events")["_design/log"]
 

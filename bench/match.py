@@ -2,7 +2,7 @@
 against the raw keyed view lookups those directories need.
 
 The registry is generated in bulk through the app's own decisions and
-projections (app.torrents.register_uploads, one commit per 1,000 torrents),
+projections (app.registry.register.register_uploads, one commit per 1,000 torrents),
 as Gazelle-style uploads: 8-15 files each, a top directory, a site id.
 Directories are real (sparse files of the right sizes) on disk: 80 % hold a
 registered torrent exactly (its download task must end filled), 10 % have
@@ -86,8 +86,10 @@ def info_hash_of(number: int) -> str:
 
 
 def _upload(number: int) -> Any:
-    from app.downloads import TorrentRef
-    from app.torrents import GazelleTorrent, TorrentFileEntry, Upload
+    from app.queues.downloads import TorrentRef
+    from app.registry.aggregate import Upload
+    from metainfo.gazelle import GazelleTorrent
+    from metainfo.torrent import TorrentFileEntry
 
     top, files = torrent_layout(number)
     gazelle = GazelleTorrent(
@@ -104,11 +106,11 @@ def _upload(number: int) -> Any:
 
 def build_registry(db: Any, torrents: int, scanned: list[int]) -> None:
     """Create the scanned torrents' download tasks, then register every torrent in bulk."""
-    from app import downloads
-    from app.downloads import TorrentRef
-    from app.events import commit
+    from app.queues import downloads
+    from app.queues.downloads import TorrentRef
+    from app.registry.register import register_uploads
+    from app.store.events import commit
     from app.timeutil import utcnow
-    from app.torrents import register_uploads
 
     for start in range(0, len(scanned), 1000):
         found = {n: [TorrentRef(SITE, n)] for n in scanned[start : start + 1000]}
@@ -148,7 +150,7 @@ def make_volume(volume: Path, plan: list[tuple[int, str | None]]) -> None:
 
 def listings_of(volume: Path) -> list[tuple[str, list[tuple[str, int]]]]:
     """Each directory's name and files, as the scanner lists them."""
-    from app.ingest_volume import iter_entries
+    from worker.volume import iter_entries
 
     return [(e.path.name, e.files) for e in iter_entries(volume)]
 
@@ -158,7 +160,8 @@ def listings_of(volume: Path) -> list[tuple[str, list[tuple[str, int]]]]:
 
 def raw_lookups(url: str, listings: list[tuple[str, list[tuple[str, int]]]]) -> float:
     """Directories/s of the matcher's two keyed view reads per directory, sent raw."""
-    from app.torrents import normalize_dir, normalize_path
+    from app.registry.keys import normalize_dir
+    from metainfo.names import normalize_path
 
     local = threading.local()
     base = f"{url}/{DATABASE}/_design/matching/_view"
@@ -194,7 +197,7 @@ def _scan(base: str, token: str, volume: Path, work: Path, label: str) -> Any:
 
 def _check_outcomes(db: Any, plan: list[tuple[int, str | None]]) -> dict[str, int]:
     """Every exact directory's task filled, no faulty one's: counts of what is wrong."""
-    from app.downloads import task_doc_id
+    from app.queues.downloads import task_doc_id
 
     tasks = db.get_many(task_doc_id(SITE, n) for n, fault in plan if fault != UNKNOWN)
     wrong = {"exact_not_filled": 0, "faulty_filled": 0}
@@ -217,10 +220,13 @@ def _warm(db: Any) -> float:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from app.auth import issue_token
-    from app.couch import CouchServer
-    from app.store import init_database
+    from app.accounts.auth import issue_token
+    from app.projectors import register_projectors
+    from app.store.couch import CouchServer
+    from app.store.setup import init_database
     from app.timeutil import utcnow
+
+    register_projectors()
 
     mode = "quick" if quick else "full"
     torrents, directories = TORRENTS[mode], DIRECTORIES[mode]

@@ -137,10 +137,13 @@ def _skip(reason: str, quick: bool) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from app.albums import import_albums
-    from app.couch import CouchServer
-    from app.store import init_database
+    from app.projectors import register_projectors
+    from app.queues.albums import import_albums
+    from app.store.couch import CouchServer
+    from app.store.setup import init_database
     from app.timeutil import utcnow
+
+    register_projectors()
 
     mode = "quick" if quick else "full"
     sizes = SIZES[mode]

@@ -45,7 +45,7 @@ from typing import Any
 
 import requests
 
-from app import bundled
+from app.processes import bundled
 from bench.harness import (
     ROOT,
     app_env,
@@ -386,11 +386,14 @@ def register(url: str, load: Load) -> dict[str, float]:
     2,000 torrents in commits of 500, as distleech's own registry registers
     its torrents (app.tracker.accounts.registry_decision).
     """
-    from app.couch import CouchServer
-    from app.events import check_none_lost, commit
-    from app.store import init_database
+    from app.projectors import register_projectors
+    from app.store.couch import CouchServer
+    from app.store.events import check_none_lost, commit
+    from app.store.setup import init_database
     from app.timeutil import utcnow
-    from app.tracker import accounts
+    from app.tracker import accounts, members
+
+    register_projectors()
 
     db = CouchServer(url).database(DATABASE)
     init_database(db, warm=False)
@@ -399,7 +402,7 @@ def register(url: str, load: Load) -> dict[str, float]:
     for prefix, client in CLIENTS:
         accounts.add_whitelist_entry(db, prefix.decode(), client, actor="bench", now=now)
     for i, passkey in enumerate(load.passkeys):
-        accounts.register_user(
+        members.register_user(
             db, USER_ID_BASE + i, name=f"bench{i}", passkey=passkey, actor="bench", now=now
         )
     decisions = [
@@ -652,7 +655,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def _after_run(ours: Tracker, load: Load) -> dict[str, Any]:
     """What our write-behind left in the databases once the tracker went idle."""
-    from app.couch import CouchServer
+    from app.store.couch import CouchServer
 
     server = CouchServer(ours.couch_url)
     found: dict[str, Any] = {}

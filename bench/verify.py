@@ -11,7 +11,7 @@ turn, and the medians are compared:
   every byte, and recording the result;
 - `sha1sum FILE…`: one SHA-1 per file, the least any check of the data costs.
 
-The piece check alone (app.verify.verify_pieces in this process) is reported
+The piece check alone (worker.verify.verify_pieces in this process) is reported
 too. Target: the scan at >= 0.8 x sha1sum's MB/s.
 """
 
@@ -85,8 +85,8 @@ def sha1sum_seconds(paths: list[Path]) -> float:
 
 def in_process_seconds(root: Path, data: bytes) -> float:
     """The piece check alone: what --verify runs over one directory."""
-    from app.torrents import parse_torrent_file
-    from app.verify import layout_for, verify_pieces
+    from metainfo.torrent import parse_torrent_file
+    from worker.verify import layout_for, verify_pieces
 
     parsed = parse_torrent_file(data)
     layout = layout_for(parsed, root, "directory", [f.path for f in parsed.files])
@@ -123,10 +123,13 @@ def scan_seconds(base: str, token: str, volume: Path, work: Path, round_: int) -
 def run(quick: bool = False) -> dict[str, Any]:
     import torf
 
-    from app.auth import issue_token
-    from app.couch import CouchServer
-    from app.store import init_database
+    from app.accounts.auth import issue_token
+    from app.projectors import register_projectors
+    from app.store.couch import CouchServer
+    from app.store.setup import init_database
     from app.timeutil import utcnow
+
+    register_projectors()
 
     total = TOTAL_BYTES["quick" if quick else "full"]
     megabytes = total / 1e6

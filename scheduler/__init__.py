@@ -24,8 +24,9 @@ from apscheduler.schedulers.base import BaseScheduler
 
 from app import connect
 from app.config import Settings
-from app.couch import CouchError, Database
-from app.store import init_database
+from app.projectors import register_projectors
+from app.store.couch import CouchError, Database
+from app.store.setup import init_database
 from app.timeutil import Clock, utcnow
 from scheduler import jobs
 from scheduler.leader import Leader
@@ -65,6 +66,7 @@ def build_scheduler(
     that fell due while the copy was paused (waiting for the lease) run once
     on takeover instead of being dropped as missed.
     """
+    register_projectors()  # catch-up and phantom repair replay every aggregate type
     if leader is None:
         leader = Leader(db, lease_seconds=settings.scheduler.leader_lease_seconds)
     scheduler = BackgroundScheduler(timezone=UTC)

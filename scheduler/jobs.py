@@ -11,10 +11,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import app.store  # noqa: F401  (registers every projector that catch-up may replay)
-from app import leasing, projections, stats
+from app import stats
 from app.config import Settings
-from app.couch import Database
+from app.queues import leasing
+from app.store import projections
+from app.store.couch import Database
 from app.tracker import peersdb
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def catch_up_projections(db: Database, now: datetime) -> int:
 
     Follows the log for changes the read model misses (events from another
     site, a lost projection write), then rolls back projections of commands
-    that crashed before their event reached the log (app/projections.py).
+    that crashed before their event reached the log (app/store/projections.py).
     """
     repaired = projections.catch_up_projections(db)
     rolled_back = projections.repair_phantoms(db, now)

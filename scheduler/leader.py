@@ -32,8 +32,8 @@ import socket
 import uuid
 from datetime import datetime, timedelta
 
-from app.couch import Database, DocumentConflictError
-from app.events import Doc
+from app.store.couch import Database, DocumentConflictError
+from app.store.events import Doc
 from app.timeutil import iso
 
 log = logging.getLogger(__name__)

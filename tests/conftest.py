@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from app.auth import add_user, issue_token
-from app.bundled import running, wait_until_up
-from app.couch import CouchServer
-from app.store import init_database
+from app.accounts.auth import add_user, issue_token
+from app.processes.bundled import running, wait_until_up
+from app.projectors import register_projectors
+from app.store.couch import CouchServer
+from app.store.setup import init_database
+
+register_projectors()  # as create_app, the CLI and the scheduler do at start-up
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

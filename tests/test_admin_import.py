@@ -7,7 +7,7 @@ import io
 from click.testing import CliRunner
 from conftest import write_csv
 
-from app.cli import main
+from app.cli.main import main
 
 
 def _upload(client, auth, content: bytes):

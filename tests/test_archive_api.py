@@ -8,11 +8,11 @@ import pytest
 from conftest import token_header
 from factories import db_snapshot
 
-from app import archive
-from app.auth import issue_token
-from app.events import read_events
-from app.leasing import reap_expired_leases
-from app.projections import rebuild_projections
+from app.accounts.auth import issue_token
+from app.queues import archive
+from app.queues.leasing import reap_expired_leases
+from app.store.events import read_events
+from app.store.projections import rebuild_projections
 from app.timeutil import iso
 
 URL = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"

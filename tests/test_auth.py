@@ -8,8 +8,8 @@ import pytest
 from conftest import basic_auth, token_header
 from factories import PTH, album_id_for, event_ids, make_albums, make_download_task
 
-from app.albums import album_doc_id
-from app.auth import add_user, issue_token, revoke_token
+from app.accounts.auth import add_user, issue_token, revoke_token
+from app.queues.albums import album_doc_id
 
 ALBUM = album_id_for("Cockburn, Bruce", "Album 0")
 TASK_REF = [{"site": PTH, "torrentId": 5}]

@@ -13,8 +13,8 @@ import socket
 import pytest
 from click.testing import CliRunner
 
-from app.bundled import free_port
-from app.cli import main
+from app.cli.main import main
+from app.processes.bundled import free_port
 from tests.conftest import write_csv
 
 SECRET = "pw-in-the-url-7f3"

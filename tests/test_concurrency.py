@@ -7,9 +7,9 @@ import threading
 from conftest import token_header
 from factories import album_id_for
 
-from app.albums import import_albums
-from app.auth import issue_token
-from app.projections import rebuild_projections
+from app.accounts.auth import issue_token
+from app.queues.albums import import_albums
+from app.store.projections import rebuild_projections
 
 
 def import_many(db, count, now):

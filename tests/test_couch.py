@@ -6,13 +6,13 @@ import uuid
 
 import pytest
 
-from app.couch import (
+from app.store.couch import (
     CouchServer,
     CouchUnavailableError,
     DocumentConflictError,
     DocumentNotFoundError,
 )
-from app.events import event_log
+from app.store.events import event_log
 
 
 def test_missing_document_raises_not_found(db):

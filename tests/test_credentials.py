@@ -13,14 +13,14 @@ import threading
 import pytest
 from conftest import basic_auth, token_header
 
-from app import credentials
-from app.auth import add_user, change_password, issue_token, list_tokens, revoke_token
-from app.bundled import node_available, running
-from app.couch import CouchServer, DocumentNotFoundError, UnauthorizedError
+from app.accounts import credentials
+from app.accounts.auth import add_user, change_password, issue_token, list_tokens, revoke_token
 from app.errors import AlreadyExistsError
-from app.events import read_events
-from app.projections import rebuild_projections
-from app.store import init_database
+from app.processes.bundled import node_available, running
+from app.store.couch import CouchServer, DocumentNotFoundError, UnauthorizedError
+from app.store.events import read_events
+from app.store.projections import rebuild_projections
+from app.store.setup import init_database
 
 ADMIN_PW, ALICE_PW, ALICE_NEW_PW = "correct horse battery", "alice first pw", "alice second pw"
 

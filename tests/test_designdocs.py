@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from app.designdocs import DESIGNDOCS_DIR, VIEWS_DIR, build_design_docs, sync_design_docs
-from app.events import event_log
+from app.store.designdocs import DESIGNDOCS_DIR, VIEWS_DIR, build_design_docs, sync_design_docs
+from app.store.events import event_log
 
 
 @pytest.fixture

@@ -15,19 +15,19 @@ from factories import (
     make_download_task,
 )
 
-from app import events
-from app.albums import album_doc_id, submit_metadata
-from app.couch import CouchError, DocumentConflictError
-from app.downloads import TorrentRef, submit_downloads, task_doc_id
-from app.events import (
+from app.queues.albums import album_doc_id, submit_metadata
+from app.queues.downloads import TorrentRef, submit_downloads, task_doc_id
+from app.queues.leasing import reap_expired_leases
+from app.store import events
+from app.store.couch import CouchError, DocumentConflictError
+from app.store.events import (
     EVENT_PREFIX,
     ConcurrencyError,
     commit,
     event_log,
     read_events,
 )
-from app.leasing import reap_expired_leases
-from app.projections import catch_up_projections, rebuild_projections, repair_phantoms
+from app.store.projections import catch_up_projections, rebuild_projections, repair_phantoms
 from app.timeutil import iso
 
 

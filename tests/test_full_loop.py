@@ -23,11 +23,11 @@ from gazelle_stub import (
 from gazelle_stub import write_release as write_files
 
 from app import create_app
-from app.albums import album_doc_id
-from app.cli import main as distleech
-from app.downloads import task_doc_id
-from app.ingest_cli import ingest as ingest_group
-from app.refworkers.cli import worker as worker_group
+from app.cli.main import main as distleech
+from app.queues.albums import album_doc_id
+from app.queues.downloads import task_doc_id
+from worker.cli import worker as worker_group
+from worker.scanner import ingest as ingest_group
 
 WINDOW = "0.4"  # the stub's and the workers' rate-limit window (5 requests per 0.4 s)
 HOST = "127.0.0.1"

@@ -24,11 +24,11 @@ from torrent_factories import (
     write_files,
 )
 
-from app.downloads import task_doc_id
-from app.ingest_cli import ingest as ingest_group
-from app.ingest_parse import LISTING_VALIDATOR, is_plainly_valid
-from app.projections import rebuild_projections
-from app.torrents import torrent_doc_id
+from app.ingest.parse import LISTING_VALIDATOR, is_plainly_valid
+from app.queues.downloads import task_doc_id
+from app.registry.keys import torrent_doc_id
+from app.store.projections import rebuild_projections
+from worker.scanner import ingest as ingest_group
 
 OPS = "orpheus.network"
 

@@ -25,16 +25,16 @@ from torrent_factories import (
 from werkzeug.serving import make_server
 
 from app import create_app
-from app.auth import issue_token
-from app.downloads import task_doc_id
-from app.events import EVENT_PREFIX, changes_of, event_log
-from app.ingest_cli import Coordinator, Scanner, batches
-from app.ingest_cli import ingest as ingest_group
-from app.ingest_parse import MAX_BATCH_FILES, MAX_BATCH_LISTINGS
-from app.ingest_volume import Entry
-from app.projections import rebuild_projections, strip_bookkeeping
-from app.store import init_database
-from app.torrents import torrent_doc_id
+from app.accounts.auth import issue_token
+from app.ingest.parse import MAX_BATCH_FILES, MAX_BATCH_LISTINGS
+from app.queues.downloads import task_doc_id
+from app.registry.keys import torrent_doc_id
+from app.store.events import EVENT_PREFIX, changes_of, event_log
+from app.store.projections import rebuild_projections, strip_bookkeeping
+from app.store.setup import init_database
+from worker.scanner import Coordinator, Scanner, batches
+from worker.scanner import ingest as ingest_group
+from worker.volume import Entry
 
 OPS = "orpheus.network"
 ALBUM = {"01 - Intro.flac": 40_000, "02 - Song.flac": 30_000, "Scans/cover.jpg": 5_000}
@@ -317,7 +317,7 @@ def entry(name, files=1, skipped=None):
 
 
 def test_batches_group_entries_in_order_within_the_caps(monkeypatch):
-    monkeypatch.setattr("app.ingest_cli.BATCH_FILES", 10)
+    monkeypatch.setattr("worker.scanner.BATCH_FILES", 10)
     entries = [
         entry("a"),
         entry("b", skipped="no files"),  # rides along, does not count

@@ -8,10 +8,10 @@ import pytest
 from conftest import token_header
 from factories import PTH, db_snapshot, event_ids, get_album, ids_of, make_albums
 
-from app.albums import album_doc_id, lease_albums, submit_metadata
-from app.auth import issue_token
-from app.downloads import task_doc_id
-from app.leasing import QueueLeaser, reap_expired_leases
+from app.accounts.auth import issue_token
+from app.queues.albums import album_doc_id, lease_albums, submit_metadata
+from app.queues.downloads import task_doc_id
+from app.queues.leasing import QueueLeaser, reap_expired_leases
 
 RETRY_MINUTES = 24 * 60  # leases.retry_minutes default
 README_SUBMIT = '{"111": [{"site":"https://passtheheadphones.me/", "torrentId":37}], "444":[]}'

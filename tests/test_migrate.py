@@ -21,20 +21,19 @@ from click.testing import CliRunner
 from conftest import START, Clock, basic_auth, token_header
 
 from app import create_app
-from app.couch import Database
-from app.events import event_log
-from app.leasing import reap_expired_leases
-from app.migrate import (
+from app.cli.main import migrate_command
+from app.queues.leasing import reap_expired_leases
+from app.store.couch import Database
+from app.store.events import event_log
+from app.store.migrate import (
     LAYOUT_ID,
     MigrationError,
     convert_event,
-    is_legacy_layout,
     migrate,
-    migrate_command,
-    renamed_aggregate,
 )
-from app.projections import rebuild_projections
-from app.store import init_database
+from app.store.migrate_check import renamed_aggregate
+from app.store.projections import rebuild_projections
+from app.store.setup import init_database, is_legacy_layout
 
 FIXTURE = json.loads(
     (Path(__file__).parent / "data" / "legacy_main_fca3f4c.json").read_text(encoding="utf-8")

@@ -10,11 +10,11 @@ from factories import album_id_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.albums import import_albums, lease_albums, submit_metadata
-from app.downloads import TorrentRef, lease_downloads, submit_downloads
-from app.projections import catch_up_projections, rebuild_projections
-from app.leasing import QueueLeaser, reap_expired_leases
-from app.store import init_database
+from app.queues.albums import import_albums, lease_albums, submit_metadata
+from app.queues.downloads import TorrentRef, lease_downloads, submit_downloads
+from app.queues.leasing import QueueLeaser, reap_expired_leases
+from app.store.projections import catch_up_projections, rebuild_projections
+from app.store.setup import init_database
 
 SITES = ["passtheheadphones.me", "orpheus.network"]
 HOLDERS = ["w1", "w2", "w3"]

@@ -25,14 +25,15 @@ from gazelle_stub import (
     write_release,
 )
 
-from app.albums import album_doc_id, import_albums
-from app.downloads import task_doc_id
-from app.refworkers import cli
-from app.refworkers.btclients import AddResult, make_client
-from app.refworkers.cli import LoopOptions, run_loop
-from app.refworkers.coordinator import MISSING, Coordinator, CoordinatorError
-from app.refworkers.download import DownloadWorker
-from app.refworkers.gazelle import (
+from app.queues.albums import album_doc_id, import_albums
+from app.queues.downloads import task_doc_id
+from app.timeutil import iso
+from worker import cli
+from worker.btclients import AddResult, make_client
+from worker.cli import LoopOptions, run_loop
+from worker.coordinator import MISSING, Coordinator, CoordinatorError
+from worker.download import DownloadWorker
+from worker.gazelle import (
     GazelleAuthError,
     GazelleClient,
     GazelleError,
@@ -41,7 +42,7 @@ from app.refworkers.gazelle import (
     RateLimiter,
     SiteCredentials,
 )
-from app.refworkers.metadata import (
+from worker.metadata import (
     BatchReport,
     Candidate,
     MetadataWorker,
@@ -51,7 +52,6 @@ from app.refworkers.metadata import (
     preference_tier,
     rank_candidates,
 )
-from app.timeutil import iso
 
 # The stub and the workers share a short window so that tests do not wait long;
 # the workers' default stays Gazelle's 5 requests per 10 s (see test_default_rate_limit).

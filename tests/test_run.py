@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from app.bundled import free_port
+from app.processes.bundled import free_port
 
 
 def _wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> requests.Response:

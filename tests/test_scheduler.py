@@ -16,9 +16,9 @@ from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING
 from conftest import START
 from factories import append_change, make_albums
 
-from app.albums import album_doc_id
 from app.config import load_settings
-from app.leasing import QueueLeaser
+from app.queues.albums import album_doc_id
+from app.queues.leasing import QueueLeaser
 from app.timeutil import iso
 from scheduler import build_scheduler, follow_leadership, jobs, run_if_leader
 from scheduler.leader import LEADER_DOC_ID, Leader

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from app import bundled
-from app.bundled import free_port
+from app.processes import bundled
+from app.processes.bundled import free_port
 
 SECRET = "s3cret-admin-pw"
 

@@ -21,12 +21,13 @@ from torrent_factories import (
     write_files,
 )
 
-from app.auth import issue_token
-from app.downloads import task_doc_id
-from app.events import read_events
-from app.leasing import reap_expired_leases
-from app.projections import rebuild_projections
-from app.torrents import raw_info_dict, torrent_doc_id, torrent_file_doc_id
+from app.accounts.auth import issue_token
+from app.queues.downloads import task_doc_id
+from app.queues.leasing import reap_expired_leases
+from app.registry.keys import torrent_doc_id, torrent_file_doc_id
+from app.store.events import read_events
+from app.store.projections import rebuild_projections
+from metainfo.torrent import raw_info_dict
 
 OPS = "orpheus.network"
 ALBUM_FILES = {

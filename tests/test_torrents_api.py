@@ -6,9 +6,9 @@ import pytest
 from conftest import token_header
 from factories import PTH, db_snapshot, event_ids, make_download_task
 
-from app.auth import issue_token
-from app.downloads import public_task_ref, task_doc_id
-from app.leasing import reap_expired_leases
+from app.accounts.auth import issue_token
+from app.queues.downloads import public_task_ref, task_doc_id
+from app.queues.leasing import reap_expired_leases
 
 OPS = "orpheus.network"
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from factories import db_snapshot, event_ids
 
-from app.cli import main as distleech
+from app.cli.main import main as distleech
 from app.errors import (
     InvalidInfoHashError,
     InvalidPasskeyError,
@@ -25,9 +25,9 @@ from app.errors import (
     WhitelistEntryExistsError,
     WhitelistEntryNotFoundError,
 )
-from app.events import read_events
-from app.projections import rebuild_projections
-from app.tracker import accounts, activity
+from app.store.events import read_events
+from app.store.projections import rebuild_projections
+from app.tracker import accounts, activity, members
 
 IH1, IH2, IH3 = "a" * 40, "b" * 40, "c" * 40
 PK1, PK2 = "0123456789abcdef0123456789abcdef", "PasskeyNumberTwo2222"
@@ -43,8 +43,8 @@ def directory(db, who):
     """Two torrents and two users, as a site would register them."""
     accounts.register_torrent(db, IH1, 1, "One", **who)
     accounts.register_torrent(db, IH2, 2, "Two", **who)
-    accounts.register_user(db, 7, name="alice", passkey=PK1, **who)
-    accounts.register_user(db, 8, name="bob", passkey=PK2, can_leech=False, **who)
+    members.register_user(db, 7, name="alice", passkey=PK1, **who)
+    members.register_user(db, 8, name="bob", passkey=PK2, can_leech=False, **who)
 
 
 def tracked(db, info_hash):
@@ -128,27 +128,27 @@ def test_registry_registration_never_overrides_an_existing_aggregate(db, who):
 
 
 def test_a_generated_passkey_is_returned_once_and_stored_only_hashed(db, who):
-    doc, passkey = accounts.register_user(db, 7, name="alice", **who)
+    doc, passkey = members.register_user(db, 7, name="alice", **who)
     assert len(passkey) == 32 and passkey.isalnum()
     assert doc["passkey_sha256"] == accounts.hash_passkey(passkey)
     assert (doc["user_id"], doc["name"], doc["can_leech"]) == (7, "alice", True)
     assert doc["active"] is True
     everything = db.server.get_json(f"{db.path}/_all_docs", include_docs=True)
     assert passkey not in json.dumps(everything)
-    assert accounts.find_user_by_passkey(db, passkey)["user_id"] == 7
-    assert accounts.find_user_by_passkey(db, "0" * 32) is None
-    assert accounts.find_user_by_passkey(db, "not a passkey!") is None
-    assert "passkey_sha256" not in accounts.public_user(doc)
+    assert members.find_user_by_passkey(db, passkey)["user_id"] == 7
+    assert members.find_user_by_passkey(db, "0" * 32) is None
+    assert members.find_user_by_passkey(db, "not a passkey!") is None
+    assert "passkey_sha256" not in members.public_user(doc)
 
 
 def test_users_are_unique_by_id_and_by_passkey(db, who, directory):
     before = db_snapshot(db)
     with pytest.raises(TrackerUserExistsError):
-        accounts.register_user(db, 7, name="alice again", **who)
+        members.register_user(db, 7, name="alice again", **who)
     with pytest.raises(PasskeyTakenError):
-        accounts.register_user(db, 9, name="carol", passkey=PK1, **who)
+        members.register_user(db, 9, name="carol", passkey=PK1, **who)
     with pytest.raises(PasskeyTakenError):
-        accounts.update_user(db, 8, passkey=PK1, **who)
+        members.update_user(db, 8, passkey=PK1, **who)
     assert db_snapshot(db) == before
 
 
@@ -158,21 +158,21 @@ def test_users_are_unique_by_id_and_by_passkey(db, who, directory):
 )
 def test_malformed_passkeys_are_refused(db, who, passkey):
     with pytest.raises(InvalidPasskeyError):
-        accounts.register_user(db, 1, name="x", passkey=passkey, **who)
+        members.register_user(db, 1, name="x", passkey=passkey, **who)
     assert event_ids(db) == []
 
 
 @pytest.mark.parametrize("user_id", [-1, "x", "1.5", 2**53, True, None, "１"])
 def test_malformed_user_ids_are_refused(db, who, user_id):
     with pytest.raises(InvalidUserIdError):
-        accounts.register_user(db, user_id, name="x", **who)
+        members.register_user(db, user_id, name="x", **who)
 
 
 def test_update_records_only_what_changed(db, who, directory):
     before = event_ids(db)
-    accounts.update_user(db, 7, name="alice", can_leech=True, **who)
+    members.update_user(db, 7, name="alice", can_leech=True, **who)
     assert event_ids(db) == before  # nothing differed
-    doc = accounts.update_user(db, 7, can_leech=False, passkey="NewPasskey0000000000", **who)
+    doc = members.update_user(db, 7, can_leech=False, passkey="NewPasskey0000000000", **who)
     assert (doc["name"], doc["can_leech"]) == ("alice", False)
     [event] = read_events(db, accounts.tracker_user_doc_id(7), after_version=1)
     assert event["name"] == "updated"
@@ -180,23 +180,23 @@ def test_update_records_only_what_changed(db, who, directory):
         "can_leech": False,
         "passkey_sha256": accounts.hash_passkey("NewPasskey0000000000"),
     }
-    assert accounts.find_user_by_passkey(db, PK1) is None
-    assert accounts.find_user_by_passkey(db, "NewPasskey0000000000")["user_id"] == 7
+    assert members.find_user_by_passkey(db, PK1) is None
+    assert members.find_user_by_passkey(db, "NewPasskey0000000000")["user_id"] == 7
     with pytest.raises(TrackerUserNotFoundError):
-        accounts.update_user(db, 99, name="nobody", **who)
+        members.update_user(db, 99, name="nobody", **who)
 
 
 def test_a_deleted_user_loses_the_passkey_and_keeps_the_totals(db, who, directory, clock):
     activity.record_activity(db, {7: (100, 50)}, [], now=clock())
-    accounts.delete_user(db, 7, **who)
-    assert accounts.find_user_by_passkey(db, PK1) is None
+    members.delete_user(db, 7, **who)
+    assert members.find_user_by_passkey(db, PK1) is None
     with pytest.raises(TrackerUserNotFoundError):
-        accounts.get_tracker_user(db, 7)
+        members.get_tracker_user(db, 7)
     with pytest.raises(TrackerUserNotFoundError):
-        accounts.delete_user(db, 7, **who)
+        members.delete_user(db, 7, **who)
     # a deleted user's passkey is free for someone else, and the user may come back
-    accounts.register_user(db, 9, name="carol", passkey=PK1, **who)
-    doc, _ = accounts.register_user(db, 7, name="alice", **who)
+    members.register_user(db, 9, name="carol", passkey=PK1, **who)
+    doc, _ = members.register_user(db, 7, name="alice", **who)
     assert (doc["active"], doc["uploaded"], doc["downloaded"]) == (True, 100, 50)
 
 
@@ -253,7 +253,7 @@ def test_record_activity_adds_traffic_and_counts_snatches(db, directory, clock):
     clock.advance(seconds=1)
     activity.record_activity(db, {7: (1, 2)}, [], now=clock())
     assert (user(db, 7)["uploaded"], user(db, 7)["downloaded"]) == (1001, 4002)
-    assert accounts.list_snatched(db, 7) == [
+    assert members.list_snatched(db, 7) == [
         {"info_hash": IH1, "at": transferred["at"]},
         {"info_hash": IH2, "at": transferred["at"]},
     ]
@@ -266,7 +266,7 @@ def test_record_activity_adds_traffic_and_counts_snatches(db, directory, clock):
 def test_record_activity_records_nothing_for_unknown_users_or_torrents(db, who, directory, clock):
     accounts.register_torrent(db, IH3, 3, "Three", **who)
     accounts.unregister_torrent(db, IH3, **who)
-    accounts.delete_user(db, 8, **who)
+    members.delete_user(db, 8, **who)
     before = event_ids(db)
     activity.record_activity(
         db,
@@ -304,7 +304,7 @@ def test_a_flush_retried_with_its_batch_id_is_recorded_once(db, directory, clock
 
 def test_the_directory_filter_passes_projections_of_the_tracker_types_only(db, who, directory):
     accounts.add_whitelist_entry(db, "-lt", "libtorrent", **who)
-    accounts.delete_user(db, 8, **who)
+    members.delete_user(db, 8, **who)
     feed = db.changes(filter=activity.DIRECTORY_FILTER, include_docs=True)
     ids = sorted(change["id"] for change in feed["results"])
     expected = [
@@ -321,7 +321,7 @@ def test_the_directory_filter_passes_projections_of_the_tracker_types_only(db, w
 
 
 def test_projections_equal_their_rebuild(db, who, directory, clock):
-    accounts.update_user(db, 8, can_leech=True, **who)
+    members.update_user(db, 8, can_leech=True, **who)
     accounts.add_whitelist_entry(db, "-TR", "Transmission", **who)
     accounts.remove_whitelist_entry(db, "-TR", **who)
     accounts.unregister_torrent(db, IH2, **who)
@@ -352,11 +352,11 @@ def test_the_cli_manages_users_whitelist_and_torrents(db, tmp_path):
     # a user gets a new passkey, printed once
     output = run("user", "add", "alice", "--user-id", "7", "--no-leech")
     passkey = output.splitlines()[0]
-    found = accounts.find_user_by_passkey(db, passkey)
+    found = members.find_user_by_passkey(db, passkey)
     assert (found["user_id"], found["name"], found["can_leech"]) == (7, "alice", False)
     # without --user-id the next id is taken
     run("user", "add", "bob")
-    assert accounts.get_tracker_user(db, 8)["name"] == "bob"
+    assert members.get_tracker_user(db, 8)["name"] == "bob"
     assert "tracker_user_exists" in run("user", "add", "x", "--user-id", "7", code=1)
     assert "uploaded: 0" in run("user", "show", "7")
     run("user", "delete", "8")

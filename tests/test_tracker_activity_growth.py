@@ -9,8 +9,8 @@ and Apache CouchDB counts as `sizes.external`), whatever their layout.
 
 import json
 
-from app.events import event_log, read_events
-from app.tracker import accounts, peersdb
+from app.store.events import event_log, read_events
+from app.tracker import accounts, members, peersdb
 from app.tracker.swarm import Flush
 from app.tracker.writer import WriteBehind
 
@@ -28,7 +28,7 @@ def test_a_day_of_1000_users_adds_a_few_megabytes_to_the_log(db, make_app, clock
     peers_db = peersdb.open_peers_database(db, make_app().extensions["distleech"].settings)
     accounts.register_torrent(db, IH, 1, "Album", actor="test", now=clock())
     for user in range(USERS):
-        accounts.register_user(db, user, name=f"u{user}", actor="test", now=clock())
+        members.register_user(db, user, name=f"u{user}", actor="test", now=clock())
     before_docs, before_bytes = log_bytes(db)
     writer = WriteBehind(db, peers_db, clock=clock)
     start = clock()

@@ -14,11 +14,11 @@ from factories import all_changes, db_snapshot, event_ids
 from torrent_factories import gazelle, info_hash_of, make_torrent, upload_file, write_files
 from tracker_factories import make_swarm
 
+from app.accounts.auth import add_user
 from app.api.tracker import announce_base
-from app.auth import add_user
 from app.config import load_settings
-from app.torrents import raw_info_dict
-from app.tracker import accounts, activity
+from app.tracker import activity, members
+from metainfo.torrent import raw_info_dict
 
 IH1, IH2 = "a" * 40, "b" * 40
 PK = "0123456789abcdef0123456789abcdef"
@@ -161,7 +161,7 @@ def test_a_user_without_passkey_gets_one_once(client, admin, db):
         "downloaded": 0,
         "snatches": 0,
     }
-    assert accounts.find_user_by_passkey(db, passkey)["user_id"] == 7
+    assert members.find_user_by_passkey(db, passkey)["user_id"] == 7
     shown = client.get("/api/user/7", headers=admin).get_json()
     assert "passkey" not in shown and "passkey_sha256" not in shown
     # a passkey the site chose is not echoed back
@@ -178,7 +178,7 @@ def test_a_user_is_changed_and_deleted(client, admin, db):
         "user_id": 7,
         "active": False,
     }
-    assert accounts.find_user_by_passkey(db, PK) is None
+    assert members.find_user_by_passkey(db, PK) is None
     assert error_of(client.get("/api/user/7", headers=admin)) == (404, "tracker_user_not_found")
 
 

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from tracker_process import TrackerProcess, wait_for
 
-from app.events import read_events
-from app.tracker import accounts, activity, peersdb
+from app.store.events import read_events
+from app.tracker import accounts, activity, members, peersdb
 from app.tracker.peersdb import open_peers_database
 from scheduler import jobs
 
@@ -20,7 +20,7 @@ PEER_A, PEER_B = b"-LT2110-" + b"A" * 12, b"-TR3000-" + b"B" * 12
 def member(db, clock):
     """A registered torrent and a user who may leech; returns the user's passkey."""
     accounts.register_torrent(db, IH, 1, "Album", actor="test", now=clock())
-    _, passkey = accounts.register_user(db, 7, name="bob", actor="test", now=clock())
+    _, passkey = members.register_user(db, 7, name="bob", actor="test", now=clock())
     return passkey
 
 
@@ -50,7 +50,7 @@ def stored_peers(peers_db):
 
 def test_a_registration_reaches_the_running_tracker(db, clock, trackers):
     tracker = trackers()
-    accounts.register_user(db, 1, name="ann", passkey="p" * 32, actor="test", now=clock())
+    members.register_user(db, 1, name="ann", passkey="p" * 32, actor="test", now=clock())
     wait_for(
         lambda: (
             b"torrent not registered"
@@ -108,7 +108,7 @@ def current(db, peers_db, user_id=7):
 
 def recorded(db, user_id=7):
     """A user's totals in the projection, from summary events alone."""
-    user = accounts.get_tracker_user(db, user_id)
+    user = members.get_tracker_user(db, user_id)
     return user["uploaded"], user["downloaded"], user["snatches"]
 
 
@@ -233,7 +233,7 @@ def test_a_clean_shutdown_closes_keep_alive_connections_and_writes_their_announc
     for step in ("&left=10&uploaded=0&event=started", "&left=0&uploaded=5000&downloaded=10"):
         assert session.get(f"{tracker.base}/announce?{query}{step}", timeout=5).ok
     assert tracker.stop(signal.SIGTERM) == 0
-    user = accounts.get_tracker_user(db, 7)
+    user = members.get_tracker_user(db, 7)
     assert (user["uploaded"], user["snatches"]) == (5000, 1)
     assert stored_peers(peers_db) == {b"-LT2110-" + b"k" * 12}
 
@@ -250,9 +250,9 @@ def test_oversized_and_idle_connections_are_closed(trackers, member):
 
 def test_deleting_a_user_drops_their_peers(db, clock, trackers, member):
     tracker = trackers()
-    _, other = accounts.register_user(db, 8, name="eve", actor="test", now=clock())
+    _, other = members.register_user(db, 8, name="eve", actor="test", now=clock())
     wait_for(lambda: b"complete" in tracker.announce(IH, PEER_B, other), 10, "eve to be known")
-    accounts.delete_user(db, 8, actor="test", now=clock())
+    members.delete_user(db, 8, actor="test", now=clock())
     wait_for(
         lambda: tracker.announce(IH, PEER_A, member, left=10)[b"peers"] == b"",
         10,

@@ -294,7 +294,7 @@ def test_re_announces_wait_for_a_full_drain_membership_changes_do_not(tracker):
     ],
 )
 def test_client_names_leave_out_the_random_part(peer_id, name):
-    from app.tracker.swarm import client_name
+    from app.tracker.peers import client_name
 
     assert client_name(peer_id) == name
 

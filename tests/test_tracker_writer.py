@@ -8,9 +8,9 @@ read_events.
 import pytest
 from tracker_process import free_port
 
-from app.couch import CouchServer
-from app.events import read_events
-from app.tracker import accounts, activity, peersdb
+from app.store.couch import CouchServer
+from app.store.events import read_events
+from app.tracker import accounts, activity, members, peersdb
 from app.tracker.swarm import Flush
 from app.tracker.writer import WriteBehind
 
@@ -27,7 +27,7 @@ def peers_db(db, make_app):
 @pytest.fixture
 def member(db, clock):
     accounts.register_torrent(db, IH, 1, "Album", actor="test", now=clock())
-    accounts.register_user(db, 7, name="bob", actor="test", now=clock())
+    members.register_user(db, 7, name="bob", actor="test", now=clock())
 
 
 def totals(db, peers_db):
@@ -39,7 +39,7 @@ def totals(db, peers_db):
 def recorded(db):
     """What the event log and the projection hold: the user's summaries and totals."""
     events = [e for e in read_events(db, USER) if e["name"] == "transferred"]
-    user = accounts.get_tracker_user(db, 7)
+    user = members.get_tracker_user(db, 7)
     return events, (user["uploaded"], user["downloaded"], user["snatches"])
 
 
@@ -156,7 +156,7 @@ def test_a_summary_that_landed_unseen_is_not_recorded_again_after_a_crash(
 def test_tallies_of_deleted_users_close_without_a_trace(db, peers_db, member, clock):
     writer = WriteBehind(db, peers_db, clock=clock)
     writer.write(Flush({}, {7: (10, 20)}, []))
-    accounts.delete_user(db, 7, actor="test", now=clock())
+    members.delete_user(db, 7, actor="test", now=clock())
     assert writer.write(Flush({}, {}, [], stopped={7}))
     assert [e["name"] for e in read_events(db, USER)] == ["registered", "deleted"]
     assert not writer.pending and list(peers_db.iter_prefix(activity.ACTIVITY_PREFIX)) == []

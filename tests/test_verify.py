@@ -1,4 +1,4 @@
-"""Piece verification (app/verify.py) and `ingest scan --verify`, over real files and torrents."""
+"""Piece verification (worker/verify.py) and `ingest scan --verify`: real files and torrents."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ from torrent_factories import (
     write_files,
 )
 
-from app.downloads import task_doc_id
-from app.ingest_cli import ingest as ingest_group
-from app.torrents import parse_torrent_file, torrent_doc_id
-from app.verify import LayoutEntry, layout_for, verify_pieces
+from app.queues.downloads import task_doc_id
+from app.registry.keys import torrent_doc_id
+from metainfo.torrent import parse_torrent_file
+from worker.scanner import ingest as ingest_group
+from worker.verify import LayoutEntry, layout_for, verify_pieces
 
 # File sizes that are not multiples of the piece size, so pieces span file boundaries.
 ALBUM = {"01.flac": 40_000, "02.flac": 33_333, "CD2/03.flac": 20_001, "empty.txt": b""}

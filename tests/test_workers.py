@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from app import workers
-from app.auth import issue_token
-from app.events import read_events
+from app.accounts.auth import issue_token
+from app.queues import workers
+from app.store.events import read_events
 from app.timeutil import iso
 
 

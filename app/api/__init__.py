@@ -25,7 +25,7 @@ def refuse_cross_site_writes() -> None:
     A browser attaches the basic-auth credentials it holds to any request to
     this host, also to a form or fetch() that another site's page sends, and
     forms need no CORS preflight. JSON endpoints take only application/json
-    (app.web), which such a page cannot send, but the form endpoints (POST
+    (app.api.web), which such a page cannot send, but the form endpoints (POST
     /torrents, the Patchwork queue, the CSV upload) stay forms for their
     clients. Browsers say where a request comes from (Sec-Fetch-Site, else
     Origin); scripts and workers send neither, so they are never refused.

@@ -7,10 +7,10 @@ from typing import IO, Any, cast
 
 from flask import Blueprint, Response, jsonify, request
 
-from app.albums import ImportSummary, import_albums, open_csv_text, read_inventory_csv
-from app.auth import ADMIN, current_principal, requires
+from app.accounts.auth import ADMIN, current_principal, requires
+from app.api.web import context
 from app.errors import InvalidCsvError
-from app.web import context
+from app.queues.albums import ImportSummary, import_albums, open_csv_text, read_inventory_csv
 
 bp = Blueprint("admin", __name__)
 

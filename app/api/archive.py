@@ -12,17 +12,17 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from app import archive, workers
-from app.archive import Completion
-from app.auth import ADMIN, QUEUER, WORKER, check_name, current_principal, requires
+from app.accounts.auth import ADMIN, QUEUER, WORKER, check_name, current_principal, requires
+from app.api.web import context, form_or_json_fields
 from app.errors import (
     InvalidNameError,
     InvalidStatusError,
     MissingFieldError,
     ValidationFailedError,
 )
+from app.queues import archive, workers
+from app.queues.archive import Completion
 from app.timeutil import iso
-from app.web import context, form_or_json_fields
 
 bp = Blueprint("archive", __name__)
 

@@ -29,13 +29,13 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from app.auth import WORKER, requires
-from app.couch import Database, DocumentConflictError
-from app.downloads import site_host
+from app.accounts.auth import WORKER, requires
+from app.api.web import context, json_body
 from app.errors import CacheMissError, ValidationFailedError
 from app.ids import normalize_key
+from app.queues.downloads import site_host
+from app.store.couch import Database, DocumentConflictError
 from app.timeutil import iso, parse_iso
-from app.web import context, json_body
 
 bp = Blueprint("cache", __name__)
 

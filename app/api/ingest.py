@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from app import ingest, ingest_parse
-from app.auth import WORKER, current_principal, requires
-from app.web import context, json_body
+from app.accounts.auth import WORKER, current_principal, requires
+from app.api.web import context, json_body
+from app.ingest import parse, record
 
 bp = Blueprint("ingest", __name__)
 
@@ -28,9 +28,9 @@ def ingest_listings() -> Response:
     listing refuses the whole batch and nothing changes.
     """
     body = json_body(request)
-    batch = ingest_parse.is_batch(body)
-    listings = ingest_parse.parse_batch(body) if batch else [ingest_parse.parse_listing(body)]
+    batch = parse.is_batch(body)
+    listings = parse.parse_batch(body) if batch else [parse.parse_listing(body)]
     ctx = context()
     actor = current_principal().holder
-    reports = ingest.ingest_listings(ctx.db, listings, actor=actor, now=ctx.clock())
+    reports = record.ingest_listings(ctx.db, listings, actor=actor, now=ctx.clock())
     return jsonify({"reports": reports} if batch else reports[0])

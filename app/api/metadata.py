@@ -10,12 +10,12 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from app import albums, downloads
-from app.auth import WORKER, current_principal, requires
-from app.downloads import TorrentRef
+from app.accounts.auth import WORKER, current_principal, requires
+from app.api.web import context, json_body, parse_rows, whole_number
 from app.errors import MethodNotAllowedError, ValidationFailedError
 from app.ids import MAX_SAFE_INT
-from app.web import context, json_body, parse_rows, whole_number
+from app.queues import albums, downloads
+from app.queues.downloads import TorrentRef
 
 bp = Blueprint("metadata", __name__)
 

@@ -14,9 +14,9 @@ from flask import Blueprint, Request, Response, jsonify, request
 from markupsafe import escape
 
 from app import stats
-from app.designdocs import get_warming_state
+from app.api.web import context
 from app.errors import ValidationFailedError
-from app.web import context
+from app.store.designdocs import get_warming_state
 
 bp = Blueprint("stats", __name__)
 

@@ -12,16 +12,20 @@ from typing import Any
 
 from flask import Blueprint, Request, Response, jsonify, request
 
-from app import torrents
-from app.auth import WORKER, current_principal, requires
-from app.downloads import TorrentRef
+from app.accounts.auth import WORKER, current_principal, requires
+from app.api.web import context, form_or_json_fields, json_body, parse_json_text, whole_number
 from app.errors import (
+    InvalidGazelleError,
     InvalidJsonError,
+    InvalidQueryError,
     InvalidReasonError,
     MissingFieldError,
+    TorrentNotFoundError,
     ValidationFailedError,
 )
-from app.web import context, form_or_json_fields, json_body, parse_json_text, whole_number
+from app.queues.downloads import TorrentRef
+from app.registry import aggregate, keys, parse, queries, register
+from metainfo import torrent as metainfo_torrent
 
 bp = Blueprint("torrents", __name__)
 
@@ -51,10 +55,10 @@ def _form_gazelle(raw: str | None) -> Any:
     try:
         return parse_json_text(raw, "The gazelle field")
     except InvalidJsonError as exc:
-        raise torrents.InvalidGazelleError(exc.reason) from None
+        raise InvalidGazelleError(exc.reason) from None
 
 
-def _upload_from_request() -> torrents.Upload:
+def _upload_from_request() -> aggregate.Upload:
     """Parse either form of upload: multipart (.torrent file) or JSON (Gazelle data)."""
     if _is_multipart(request):
         file = request.files.get("torrent")
@@ -63,8 +67,8 @@ def _upload_from_request() -> torrents.Upload:
             raise MissingFieldError(
                 "Send the .torrent as the file field 'torrent'.", field="torrent"
             )
-        data = file.read(torrents.MAX_TORRENT_FILE_BYTES + 1) if file is not None else None
-        parsed = torrents.parse_torrent_file(data) if data is not None else None
+        data = file.read(metainfo_torrent.MAX_TORRENT_FILE_BYTES + 1) if file is not None else None
+        parsed = parse.parse_torrent_file(data) if data is not None else None
         site, torrent_id = request.form.get("site"), request.form.get("torrentId")
     else:
         body = _json_object()
@@ -74,8 +78,8 @@ def _upload_from_request() -> torrents.Upload:
         parsed, site, torrent_id = None, body.get("site"), body.get("torrentId")
         if site is None:
             raise MissingFieldError("The JSON body needs 'site'.", field="site")
-    gazelle = torrents.parse_gazelle(gazelle_raw) if gazelle_raw is not None else None
-    return torrents.make_upload(site, torrent_id, parsed, gazelle)
+    gazelle = parse.parse_gazelle(gazelle_raw) if gazelle_raw is not None else None
+    return aggregate.make_upload(site, torrent_id, parsed, gazelle)
 
 
 @bp.post("/api/torrents")
@@ -89,7 +93,7 @@ def upload_torrent() -> tuple[Response, int]:
     """
     upload = _upload_from_request()
     ctx = context()
-    report = torrents.register_upload(ctx.db, upload, actor=_actor(), now=ctx.clock())
+    report = register.register_upload(ctx.db, upload, actor=_actor(), now=ctx.clock())
     return jsonify(report), 201 if report["status"] == "registered" else 200
 
 
@@ -98,7 +102,7 @@ def _search_limit(raw: str | None) -> int:
         return DEFAULT_SEARCH_LIMIT
     value = whole_number(raw.strip())
     if value is None or not 1 <= value <= MAX_SEARCH_LIMIT:
-        raise torrents.InvalidQueryError(
+        raise InvalidQueryError(
             f"limit must be a whole number from 1 to {MAX_SEARCH_LIMIT}.", field="limit"
         )
     return value
@@ -110,14 +114,14 @@ def search_torrents() -> Response:
     """Search titles: every word of `q` (group, artists, year, directory). Who: worker/admin."""
     query = request.args.get("q", "")
     if not query.strip():
-        raise torrents.InvalidQueryError("Give the words to search for as q.", field="q")
+        raise InvalidQueryError("Give the words to search for as q.", field="q")
     limit = _search_limit(request.args.get("limit"))
-    found = torrents.search_torrents(context().db, query, limit=limit)
+    found = queries.search_torrents(context().db, query, limit=limit)
     return jsonify(
         {
             "query": query,
             "count": len(found),
-            "torrents": [torrents.public_torrent(d) for d in found],
+            "torrents": [queries.public_torrent(d) for d in found],
         }
     )
 
@@ -126,12 +130,12 @@ def search_torrents() -> Response:
 @requires(WORKER)
 def reseed_lookup(info_hash: str) -> Response:
     """Where a torrent's files live and whether they were verified. Who: worker/admin."""
-    doc = torrents.get_torrent(context().db, torrents.check_info_hash(info_hash))
-    return jsonify(torrents.reseed_view(doc))
+    doc = queries.get_torrent(context().db, keys.check_info_hash(info_hash))
+    return jsonify(queries.reseed_view(doc))
 
 
 def _site_ref(site: str, torrent_id: str) -> TorrentRef:
-    return TorrentRef(torrents.parse_site(site), torrents.parse_torrent_id(torrent_id))
+    return TorrentRef(keys.parse_site(site), keys.parse_torrent_id(torrent_id))
 
 
 @bp.get("/api/torrents/by-site/<site>/<torrent_id>")
@@ -139,22 +143,22 @@ def _site_ref(site: str, torrent_id: str) -> TorrentRef:
 def reseed_lookup_by_site(site: str, torrent_id: str) -> Response:
     """The reseed lookup by a site's host and torrent id. Who: worker/admin."""
     ref = _site_ref(site, torrent_id)
-    doc = torrents.find_by_site(context().db, ref)
+    doc = queries.find_by_site(context().db, ref)
     if doc is None:
-        raise torrents.TorrentNotFoundError(
+        raise TorrentNotFoundError(
             f"No torrent is registered for {ref.host} torrent {ref.torrent_id}.",
             site=ref.host,
             torrentId=ref.torrent_id,
         )
-    return jsonify(torrents.reseed_view(doc))
+    return jsonify(queries.reseed_view(doc))
 
 
 @bp.get("/api/torrents/<info_hash>/file")
 @requires(WORKER)
 def torrent_file(info_hash: str) -> Response:
     """The stored .torrent (its info dictionary only; no announce URLs). Who: worker/admin."""
-    checked = torrents.check_info_hash(info_hash)
-    data = torrents.read_torrent_file(context().db, checked)
+    checked = keys.check_info_hash(info_hash)
+    data = queries.read_torrent_file(context().db, checked)
     response = Response(data, mimetype="application/x-bittorrent")
     response.headers["Content-Disposition"] = f'attachment; filename="{checked}.torrent"'
     return response
@@ -174,10 +178,10 @@ def _reason() -> str | None:
 @requires(WORKER)
 def mark_unavailable(info_hash: str) -> Response:
     """Mark a torrent trumped or deleted; its download tasks are cancelled. Who: worker/admin."""
-    checked = torrents.check_info_hash(info_hash)
+    checked = keys.check_info_hash(info_hash)
     reason = _reason()
     ctx = context()
-    report = torrents.mark_unavailable(ctx.db, checked, reason, actor=_actor(), now=ctx.clock())
+    report = register.mark_unavailable(ctx.db, checked, reason, actor=_actor(), now=ctx.clock())
     return jsonify(report)
 
 
@@ -188,7 +192,7 @@ def mark_unavailable_by_site(site: str, torrent_id: str) -> Response:
     ref = _site_ref(site, torrent_id)
     reason = _reason()
     ctx = context()
-    report = torrents.mark_site_torrent_unavailable(
+    report = register.mark_site_torrent_unavailable(
         ctx.db, ref, reason, actor=_actor(), now=ctx.clock()
     )
     return jsonify(report)

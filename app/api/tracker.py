@@ -19,14 +19,15 @@ import bencode2
 import jsonschema
 from flask import Blueprint, Response, jsonify, request
 
-from app import torrents
-from app.auth import ADMIN, current_principal, requires
+from app.accounts.auth import ADMIN, current_principal, requires
+from app.api.web import context, json_body
 from app.config import Settings
 from app.errors import MissingFieldError, UnknownPasskeyError, ValidationFailedError
 from app.ids import MAX_SAFE_INT
+from app.registry import queries
 from app.timeutil import iso
-from app.tracker import accounts, activity, peersdb
-from app.web import context, json_body
+from app.tracker import accounts, activity, members, peersdb
+from metainfo import torrent as metainfo_torrent
 
 bp = Blueprint("tracker", __name__)
 
@@ -174,7 +175,7 @@ def register_user() -> tuple[Response, int]:
     only its hash is stored.
     """
     body = _body(USER_BODY)
-    doc, passkey = accounts.register_user(
+    doc, passkey = members.register_user(
         context().db,
         body["user_id"],
         name=body["name"],
@@ -182,7 +183,7 @@ def register_user() -> tuple[Response, int]:
         passkey=body.get("passkey"),
         **_who(),
     )
-    shown = accounts.public_user(doc)
+    shown = members.public_user(doc)
     if "passkey" not in body:
         shown["passkey"] = passkey
     return jsonify(shown), 201
@@ -198,7 +199,7 @@ def get_user(user_id: str) -> Response:
     """
     ctx = context()
     doc = activity.current_user(ctx.db, ctx.peers_db, accounts.check_user_id(user_id))
-    return jsonify(accounts.public_user(doc))
+    return jsonify(members.public_user(doc))
 
 
 @bp.patch("/api/user/<user_id>")
@@ -206,7 +207,7 @@ def get_user(user_id: str) -> Response:
 def update_user(user_id: str) -> Response:
     """Change a user's name, can_leech or passkey (a new one replaces the old at once)."""
     body = _body(USER_PATCH_BODY)
-    doc = accounts.update_user(
+    doc = members.update_user(
         context().db,
         accounts.check_user_id(user_id),
         name=body.get("name"),
@@ -214,14 +215,14 @@ def update_user(user_id: str) -> Response:
         passkey=body.get("passkey"),
         **_who(),
     )
-    return jsonify(accounts.public_user(doc))
+    return jsonify(members.public_user(doc))
 
 
 @bp.delete("/api/user/<user_id>")
 @requires(ADMIN)
 def delete_user(user_id: str) -> Response:
     """Delete a tracker user: their passkey stops working. Who: admins."""
-    doc = accounts.delete_user(context().db, accounts.check_user_id(user_id), **_who())
+    doc = members.delete_user(context().db, accounts.check_user_id(user_id), **_who())
     return jsonify({"user_id": doc["user_id"], "active": False})
 
 
@@ -230,12 +231,12 @@ def delete_user(user_id: str) -> Response:
 def user_torrents(user_id: str) -> Response:
     """The swarms a user is in now (seeding or not) and the torrents they completed."""
     ctx = context()
-    doc = accounts.get_tracker_user(ctx.db, accounts.check_user_id(user_id))
+    doc = members.get_tracker_user(ctx.db, accounts.check_user_id(user_id))
     return jsonify(
         {
             "user_id": doc["user_id"],
             "swarms": peersdb.torrents_of_user(ctx.peers_db, doc["user_id"]),
-            "snatched": accounts.list_snatched(ctx.db, doc["user_id"]),
+            "snatched": members.list_snatched(ctx.db, doc["user_id"]),
         }
     )
 
@@ -286,7 +287,7 @@ def torrent_with_announce(stored: bytes, announce: str) -> bytes:
     The info dictionary is copied byte for byte (re-encoding could reorder
     keys or alter strings, and so change the info hash); `private` stays in it.
     """
-    info = torrents.raw_info_dict(stored)
+    info = metainfo_torrent.raw_info_dict(stored)
     return b"d8:announce" + bencode2.bencode(announce) + b"4:info" + info + b"e"
 
 
@@ -301,10 +302,10 @@ def member_download(info_hash: str) -> Response:
     if not passkey:
         raise MissingFieldError("Give your passkey as ?passkey=…", field="passkey")
     ctx = context()
-    if accounts.find_user_by_passkey(ctx.db, passkey) is None:
+    if members.find_user_by_passkey(ctx.db, passkey) is None:
         raise UnknownPasskeyError("The passkey belongs to no tracker user.")
     doc = accounts.get_tracked_torrent(ctx.db, info_hash)
-    stored = torrents.read_torrent_file(ctx.db, doc["info_hash"])
+    stored = queries.read_torrent_file(ctx.db, doc["info_hash"])
     announce = f"{announce_base(ctx.settings)}/announce?passkey={passkey}"
     response = Response(
         torrent_with_announce(stored, announce), mimetype="application/x-bittorrent"

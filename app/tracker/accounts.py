@@ -1,8 +1,9 @@
 """The tracker's directory: tracked torrents, tracker users and the client whitelist.
 
 Ordinary event-sourced state (events in the log, projections in the read
-model, so it replicates and rebuilds like everything else), managed through the Mika-style API and the
-`distleech tracker` CLI, and read by the tracker process:
+model, so it replicates and rebuilds like everything else), managed through
+the Mika-style API and the `distleech tracker` CLI, and read by the tracker
+process:
 
 - `tracked:<info hash>`: `registered` {torrent_id, name, source: "api"|"registry"},
   `unregistered` {}, `snatched` {users: [user_id, …]}.
@@ -29,34 +30,28 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from app.couch import Database
 from app.errors import (
     InvalidInfoHashError,
     InvalidPasskeyError,
     InvalidPrefixError,
     InvalidTorrentIdError,
     InvalidUserIdError,
-    PasskeyTakenError,
     TorrentAlreadyTrackedError,
     TorrentIdTakenError,
     TorrentNotTrackedError,
-    TrackerUserExistsError,
-    TrackerUserNotFoundError,
     ValidationFailedError,
     WhitelistEntryExistsError,
     WhitelistEntryNotFoundError,
 )
-from app.events import (
-    LOG_DDOC,
+from app.ids import MAX_SAFE_INT
+from app.store.couch import Database
+from app.store.events import (
     Decision,
     Doc,
     Outcome,
     check_none_lost,
     commit,
-    event_log,
-    projector,
 )
-from app.ids import MAX_SAFE_INT
 
 TRACKED, TRACKER_USER, WHITELIST = "tracked", "trackeruser", "whitelist"
 SOURCE_API, SOURCE_REGISTRY = "api", "registry"
@@ -64,7 +59,7 @@ MAX_NAME_CHARS = 1000
 MAX_PREFIX_CHARS = 20  # a peer_id is 20 bytes
 PASSKEY_HELP = "16 to 64 letters and digits"
 _HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")
-_PASSKEY = re.compile(r"^[A-Za-z0-9]{16,64}$")
+PASSKEY_PATTERN = re.compile(r"^[A-Za-z0-9]{16,64}$")
 # Printable ASCII without space, '/' (it separates URL path parts) and '\'.
 _PREFIX = re.compile(rf"^[!-.0-\[\]-~]{{1,{MAX_PREFIX_CHARS}}}$")
 
@@ -105,8 +100,8 @@ def registry_torrent_id(info_hash: str) -> int:
 def check_info_hash(raw: Any) -> str:
     """40 hex digits, returned lower-case; raise InvalidInfoHashError otherwise.
 
-    The same rule as app.torrents.check_info_hash, kept here so that
-    app.torrents can import this module without a cycle.
+    The same rule as app.registry.keys.check_info_hash, kept here so that
+    app.registry can import this module without a cycle.
     """
     if not isinstance(raw, str) or not _HEX40.match(raw.strip()):
         raise InvalidInfoHashError(
@@ -116,7 +111,7 @@ def check_info_hash(raw: Any) -> str:
 
 
 def check_passkey(raw: Any) -> str:
-    if not isinstance(raw, str) or not _PASSKEY.match(raw):
+    if not isinstance(raw, str) or not PASSKEY_PATTERN.match(raw):
         raise InvalidPasskeyError(f"A passkey is {PASSKEY_HELP}.", field="passkey")
     return raw
 
@@ -162,7 +157,6 @@ def check_name(raw: Any, field: str = "name") -> str:
 # ---------------------------------------------------------------- projections
 
 
-@projector(TRACKED)
 def apply_tracked_event(state: Doc, event: Doc) -> None:
     if "info_hash" not in state:
         state.update(
@@ -188,7 +182,6 @@ def apply_tracked_event(state: Doc, event: Doc) -> None:
         state["last_batch"] = data.get("batch")
 
 
-@projector(TRACKER_USER)
 def apply_tracker_user_event(state: Doc, event: Doc) -> None:
     if "user_id" not in state:
         state.update(
@@ -216,7 +209,6 @@ def apply_tracker_user_event(state: Doc, event: Doc) -> None:
         state["last_batch"] = data.get("batch")
 
 
-@projector(WHITELIST)
 def apply_whitelist_event(state: Doc, event: Doc) -> None:
     if "prefix" not in state:
         state.update(prefix=event["aggregate"].split(":", 1)[1], client=None, active=False)
@@ -269,7 +261,7 @@ def register_torrent(
     def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
         return None if state and state["registered"] else ("registered", data)
 
-    outcome = _commit_one(db, tracked_doc_id(info_hash), decide, actor, now)
+    outcome = commit_one(db, tracked_doc_id(info_hash), decide, actor, now)
     if not outcome.recorded:
         raise TorrentAlreadyTrackedError(
             f"{info_hash} is registered already; DELETE it first to change it.",
@@ -286,7 +278,7 @@ def unregister_torrent(db: Database, info_hash: str, *, actor: str, now: datetim
     def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
         return ("unregistered", {}) if state and state["registered"] else None
 
-    outcome = _commit_one(db, tracked_doc_id(info_hash), decide, actor, now)
+    outcome = commit_one(db, tracked_doc_id(info_hash), decide, actor, now)
     if not outcome.recorded:
         raise _not_tracked(info_hash)
     assert outcome.state is not None
@@ -346,149 +338,6 @@ def _not_tracked(info_hash: str) -> TorrentNotTrackedError:
     return TorrentNotTrackedError(f"The tracker does not track {info_hash}.", info_hash=info_hash)
 
 
-# ---------------------------------------------------------------- users
-
-
-def check_passkey_free(db: Database, passkey_sha256: str, user_id: int) -> None:
-    """Refuse a passkey that another active user holds.
-
-    Checked through a view before the commit, so two requests racing with the
-    same passkey for two users can both pass; with generated passkeys (128
-    random bits) that cannot happen, with chosen ones the site chose twice.
-    """
-    rows = db.view("tracker", "users_by_passkey", key=passkey_sha256)
-    if any(row["value"] != user_id for row in rows):
-        raise PasskeyTakenError("Another user has this passkey.", field="passkey")
-
-
-def register_user(
-    db: Database,
-    user_id: int,
-    *,
-    name: str,
-    can_leech: bool = True,
-    passkey: str | None = None,
-    actor: str,
-    now: datetime,
-) -> tuple[Doc, str]:
-    """Add a tracker user; return (projection, passkey). Without a passkey one is generated.
-
-    The passkey is returned so that it can be shown once: only its hash is
-    stored. A deleted user may be registered again (their totals stay).
-    Raises TrackerUserExistsError, PasskeyTakenError, InvalidPasskeyError.
-    """
-    user_id = check_user_id(user_id)
-    passkey = generate_passkey() if passkey is None else check_passkey(passkey)
-    passkey_sha256 = hash_passkey(passkey)
-    data = {
-        "passkey_sha256": passkey_sha256,
-        "can_leech": bool(can_leech),
-        "name": check_name(name),
-    }
-    check_passkey_free(db, passkey_sha256, user_id)
-
-    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
-        return None if state and state["active"] else ("registered", data)
-
-    outcome = _commit_one(db, tracker_user_doc_id(user_id), decide, actor, now)
-    if not outcome.recorded:
-        raise TrackerUserExistsError(f"Tracker user {user_id} exists.", user_id=user_id)
-    assert outcome.state is not None
-    return outcome.state, passkey
-
-
-def update_user(
-    db: Database,
-    user_id: int,
-    *,
-    name: str | None = None,
-    can_leech: bool | None = None,
-    passkey: str | None = None,
-    actor: str,
-    now: datetime,
-) -> Doc:
-    """Change a user's name, leech right or passkey; record only what differs."""
-    user_id = check_user_id(user_id)
-    wanted: dict[str, Any] = {}
-    if name is not None:
-        wanted["name"] = check_name(name)
-    if can_leech is not None:
-        wanted["can_leech"] = bool(can_leech)
-    if passkey is not None:
-        wanted["passkey_sha256"] = hash_passkey(check_passkey(passkey))
-        check_passkey_free(db, wanted["passkey_sha256"], user_id)
-
-    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
-        if not state or not state["active"]:
-            return None
-        changed = {k: v for k, v in wanted.items() if state.get(k) != v}
-        return ("updated", changed) if changed else None
-
-    outcome = _commit_one(db, tracker_user_doc_id(user_id), decide, actor, now)
-    if not outcome.state or not outcome.state.get("active"):
-        raise _no_user(user_id)
-    return outcome.state
-
-
-def delete_user(db: Database, user_id: int, *, actor: str, now: datetime) -> Doc:
-    """Delete a tracker user: their passkey stops working at once; totals are kept."""
-    user_id = check_user_id(user_id)
-
-    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
-        return ("deleted", {}) if state and state["active"] else None
-
-    outcome = _commit_one(db, tracker_user_doc_id(user_id), decide, actor, now)
-    if not outcome.recorded:
-        raise _no_user(user_id)
-    assert outcome.state is not None
-    return outcome.state
-
-
-def get_tracker_user(db: Database, user_id: int) -> Doc:
-    """The projection of an active user; raise TrackerUserNotFoundError otherwise."""
-    user_id = check_user_id(user_id)
-    doc = db.get_or_none(tracker_user_doc_id(user_id))
-    if not doc or not doc.get("active"):
-        raise _no_user(user_id)
-    return doc
-
-
-def find_user_by_passkey(db: Database, passkey: str) -> Doc | None:
-    """The active user holding this passkey, or None (also for a malformed passkey)."""
-    if not isinstance(passkey, str) or not _PASSKEY.match(passkey):
-        return None
-    rows = db.view("tracker", "users_by_passkey", key=hash_passkey(passkey), include_docs=True)
-    docs = [row["doc"] for row in rows if row.get("doc") and row["doc"].get("active")]
-    return docs[0] if docs else None
-
-
-def list_snatched(db: Database, user_id: int) -> list[dict[str, Any]]:
-    """The torrents a user completed, [{info_hash, at}] (the latest time of each), by hash."""
-    rows = event_log(db).view(
-        LOG_DDOC, "snatches_by_user", startkey=[user_id], endkey=[user_id, {}]
-    )
-    latest: dict[str, str] = {}
-    for row in rows:
-        latest[row["key"][1]] = max(latest.get(row["key"][1], ""), row["value"])
-    return [{"info_hash": ih, "at": at} for ih, at in sorted(latest.items())]
-
-
-def public_user(doc: Doc) -> dict[str, Any]:
-    """A tracker user as the API shows them: never the passkey, not even its hash."""
-    return {
-        "user_id": doc["user_id"],
-        "name": doc["name"],
-        "can_leech": doc["can_leech"],
-        "uploaded": doc["uploaded"],
-        "downloaded": doc["downloaded"],
-        "snatches": doc["snatches"],
-    }
-
-
-def _no_user(user_id: int) -> TrackerUserNotFoundError:
-    return TrackerUserNotFoundError(f"No tracker user {user_id}.", user_id=user_id)
-
-
 # ---------------------------------------------------------------- whitelist
 
 
@@ -501,7 +350,7 @@ def add_whitelist_entry(
     def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
         return None if state and state["active"] else ("added", data)
 
-    outcome = _commit_one(db, whitelist_doc_id(prefix), decide, actor, now)
+    outcome = commit_one(db, whitelist_doc_id(prefix), decide, actor, now)
     if not outcome.recorded:
         raise WhitelistEntryExistsError(f"{prefix!r} is on the whitelist.", prefix=prefix)
     assert outcome.state is not None
@@ -514,7 +363,7 @@ def remove_whitelist_entry(db: Database, prefix: str, *, actor: str, now: dateti
     def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
         return ("removed", {}) if state and state["active"] else None
 
-    outcome = _commit_one(db, whitelist_doc_id(prefix), decide, actor, now)
+    outcome = commit_one(db, whitelist_doc_id(prefix), decide, actor, now)
     if not outcome.recorded:
         raise WhitelistEntryNotFoundError(f"{prefix!r} is not on the whitelist.", prefix=prefix)
     assert outcome.state is not None
@@ -533,7 +382,7 @@ def list_whitelist(db: Database) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- commit
 
 
-def _commit_one(
+def commit_one(
     db: Database, aggregate: str, decide: Decision, actor: str, now: datetime
 ) -> Outcome:
     [outcome] = commit(db, [(aggregate, decide)], actor=actor, now=now)

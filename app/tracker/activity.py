@@ -41,17 +41,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from app.couch import Database
-from app.events import Decision, Doc, check_none_lost, commit
+from app.store.couch import Database
+from app.store.events import Decision, Doc, check_none_lost, commit
 from app.tracker.accounts import (
     TRACKED,
     TRACKER_USER,
     WHITELIST,
-    get_tracker_user,
     list_tracked_torrents,
     tracked_doc_id,
     tracker_user_doc_id,
 )
+from app.tracker.members import get_tracker_user
 
 TRACKER_ACTOR = "tracker"  # the actor of the events the tracker process records
 DIRECTORY_FILTER = "tracker/directory"

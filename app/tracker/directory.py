@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from app.couch import Database
+from app.store.couch import Database
 from app.tracker.activity import DIRECTORY_FILTER, iter_directory_docs
 
 log = logging.getLogger(__name__)

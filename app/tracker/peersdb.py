@@ -28,8 +28,8 @@ from datetime import datetime
 from typing import Any
 
 from app.config import Settings
-from app.couch import Database, DocumentConflictError
-from app.designdocs import build_design_docs, sync_design_docs, warm_views
+from app.store.couch import Database, DocumentConflictError
+from app.store.designdocs import build_design_docs, sync_design_docs, warm_views
 from app.timeutil import iso
 
 Doc = dict[str, Any]

@@ -29,7 +29,7 @@ import httptools
 import uvloop
 
 from app.config import Settings
-from app.couch import Database
+from app.store.couch import Database
 from app.timeutil import utcnow
 from app.tracker.activity import ACTIVITY_PREFIX
 from app.tracker.directory import follow_directory, load_directory

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from app.config import TrackerSettings
 from app.tracker import protocol
 from app.tracker.directory import Directory, Member
+from app.tracker.peers import Peer, Swarm, client_name
 from app.tracker.protocol import Announce, MalformedRequestError, failure
-from app.tracker.swarm import Peer, Swarm, Swarms, client_name
+from app.tracker.swarm import Swarms
 
 NOT_FOUND = b"not found: a BitTorrent tracker answers /announce and /scrape"
 HOME = b"distleech tracker: announce at /announce?passkey=<passkey>\n"

@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from app.couch import CouchError, Database
-from app.events import ConcurrencyError
+from app.store.couch import CouchError, Database
+from app.store.events import ConcurrencyError
 from app.timeutil import iso, parse_iso
 from app.tracker.accounts import tracked_doc_id, tracker_user_doc_id
 from app.tracker.activity import (

@@ -1,6 +1,6 @@
-// Torrent files by [normalised relative path, size], value null: app/ingest.py looks up
+// Torrent files by [normalised relative path, size], value null: app/ingest/match.py looks up
 // a listing's files with POST keys to find the torrents it may hold. Keys are computed
-// in Python (app/torrents.py normalize_path) and only ever looked up exactly.
+// in Python (metainfo/names.py normalize_path) and only ever looked up exactly.
 // Padding files (BEP 47) are never on disk, so they are not emitted.
 function (doc) {
   if (doc.type === 'torrent' && doc.files) {

@@ -1,4 +1,4 @@
-// Torrents by [site host, site torrent id], value null: app/torrents.py finds the torrent
+// Torrents by [site host, site torrent id], value null: app/registry/queries.py finds the torrent
 // of a site's id (GET /api/torrents/by-site/..., unavailable by site, conflict checks).
 function (doc) {
   if (doc.type === 'torrent' && doc.sites) {

@@ -1,5 +1,5 @@
 // Torrents by title search token (group name, artists, year, top directory; folded and
-// accent-free, computed by app/torrents.py title_tokens), value null: GET /api/torrents?q=
+// accent-free, computed by app/registry/keys.py title_tokens), value null: GET /api/torrents?q=
 // reads one key per query token.
 function (doc) {
   if (doc.type === 'torrent' && doc.search_tokens) {

@@ -1,0 +1,267 @@
+"""The read model's upkeep: repair one projection, follow the log, roll back phantoms, rebuild.
+
+Projections are written before their event (app/store/events.py), so in normal
+operation a projection is never behind the log. Two things can still leave
+them apart, and the projector job heals both:
+- an event the read model has not seen: one that arrived by replication, or
+  whose projection write was lost. `catch_up_projections` follows the log's
+  `_changes` from a checkpoint and refolds every aggregate a change touches
+  whose projection has not reached that change's version (events of another
+  site are always refolded: their versions say nothing about ours);
+- a "phantom": a projection written by a command that crashed (or could not
+  reach the log) before its event was appended. The client never heard "ok".
+  `repair_phantoms` follows the read model's `_changes` and refolds every
+  projection whose `last_event` is missing from the log once it is older than
+  `grace_seconds` (a live commit appends its event within milliseconds).
+Checkpoints are `_local` documents of the read model: they never replicate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from app.store.couch import Database, DocumentConflictError, DocumentNotFoundError
+from app.store.events import (
+    BOOKKEEPING,
+    LOG_DDOC,
+    ConcurrencyError,
+    Doc,
+    change_from_row,
+    changes_of,
+    event_log,
+    project,
+    projected_types,
+    read_events,
+    site_of,
+)
+from app.timeutil import iso
+
+log = logging.getLogger(__name__)
+
+LOG_CHECKPOINT_ID = "_local/projector-checkpoint"
+PHANTOM_CHECKPOINT_ID = "_local/phantom-checkpoint"
+GRACE_SECONDS = 30.0
+
+
+def comparable(doc: Doc | None) -> Doc | None:
+    return None if doc is None else {k: v for k, v in doc.items() if k != "_rev"}
+
+
+def repair_projection(db: Database, aggregate_id: str) -> Doc | None:
+    """Make one projection equal the fold of its changes in the log; return it.
+
+    A projection with no change in the log (a phantom creation) is deleted.
+    Idempotent and safe to race: writes are conditional on the _rev read, and
+    a loser reads again.
+    """
+    for _ in range(5):
+        stored = db.get_or_none(aggregate_id)
+        rebuilt = project(read_events(db, aggregate_id))
+        if comparable(stored) == comparable(rebuilt):
+            return stored
+        try:
+            if rebuilt is None:
+                assert stored is not None
+                db.delete(aggregate_id, stored["_rev"])
+                return None
+            if stored is not None:
+                rebuilt["_rev"] = stored["_rev"]
+            db.put(rebuilt)
+        except (DocumentConflictError, DocumentNotFoundError):
+            continue
+        return rebuilt
+    raise ConcurrencyError(f"could not repair {aggregate_id}: it keeps changing")
+
+
+def catch_up_projections(db: Database, *, limit: int = 500, max_rounds: int = 100) -> int:
+    """Follow the log's _changes from a checkpoint; refold projections that miss a change.
+
+    Returns how many projections were repaired.
+    """
+    events = event_log(db)
+    own_site = site_of(db)
+    checkpoint = db.get_or_none(LOG_CHECKPOINT_ID) or {"_id": LOG_CHECKPOINT_ID, "seq": 0}
+    repaired = 0
+    for _ in range(max_rounds):
+        feed = events.changes(since=checkpoint["seq"], limit=limit, include_docs=True)
+        needed: dict[str, int] = {}
+        foreign: set[str] = set()
+        for row in feed["results"]:
+            doc = row.get("doc") or {}
+            if doc.get("type") != "event":
+                continue
+            for change in changes_of(doc):
+                agg = change["aggregate"]
+                needed[agg] = max(needed.get(agg, 0), change["version"])
+                if change["site"] != own_site:
+                    foreign.add(agg)
+        stored: dict[str, Doc] = {}
+        ids = list(needed)
+        for start in range(0, len(ids), 1000):
+            stored |= db.get_many(ids[start : start + 1000])
+        for agg, version in needed.items():
+            if agg in foreign or stored.get(agg, {}).get("version", 0) < version:
+                before = stored.get(agg)
+                if comparable(repair_projection(db, agg)) != comparable(before):
+                    repaired += 1
+        checkpoint["seq"] = feed["last_seq"]
+        try:
+            db.put(checkpoint)
+        except DocumentConflictError:
+            checkpoint = db.get(LOG_CHECKPOINT_ID)  # another projector moved on; follow it
+        if len(feed["results"]) < limit:
+            break
+    return repaired
+
+
+def repair_phantoms(
+    db: Database, now: datetime, *, grace_seconds: float = GRACE_SECONDS, limit: int = 500
+) -> int:
+    """Roll back projections whose event never reached the log; return how many.
+
+    Reads the read model's _changes from a checkpoint; stops before the first
+    projection younger than the grace period, so a commit in flight is never
+    touched, and the next run starts there.
+    """
+    cutoff = iso(now - timedelta(seconds=grace_seconds))
+    types = projected_types()
+    checkpoint = db.get_or_none(PHANTOM_CHECKPOINT_ID) or {"_id": PHANTOM_CHECKPOINT_ID, "seq": 0}
+    rolled_back = 0
+    while True:
+        feed = db.changes(since=checkpoint["seq"], limit=limit, include_docs=True)
+        seen: dict[str, str] = {}  # aggregate -> the event its projection names
+        last_seq, too_young = checkpoint["seq"], False
+        for row in feed["results"]:
+            doc = row.get("doc") or {}
+            if doc.get("type") in types and doc.get("last_event"):
+                if doc.get("updated_at", "") > cutoff:
+                    too_young = True
+                    break
+                seen[doc["_id"]] = doc["last_event"]
+            last_seq = row["seq"]
+        present = {
+            row["key"]
+            for row in event_log(db).all_docs(set(seen.values()), include_docs=False)
+            if "error" not in row and not (row.get("value") or {}).get("deleted")
+        }
+        for agg, event_id in seen.items():
+            if event_id not in present:
+                log.warning("rolling back %s: its event %s never reached the log", agg, event_id)
+                repair_projection(db, agg)
+                rolled_back += 1
+        checkpoint["seq"] = last_seq
+        try:
+            db.put(checkpoint)
+        except DocumentConflictError:
+            return rolled_back  # another projector runs this too; it goes on from its place
+        if too_young or len(feed["results"]) < limit:
+            return rolled_back
+
+
+def iter_change_streams(db: Database, page_size: int = 5000) -> Iterator[tuple[str, list[Doc]]]:
+    """Yield (aggregate id, its changes in fold order) for every aggregate in the log.
+
+    Pages the log's by_aggregate view, whose keys are [aggregate, version, site,
+    event id]: one aggregate's rows are contiguous and already in fold order,
+    so memory stays flat however long the log is.
+    """
+    current: str | None = None
+    stream: list[Doc] = []
+    for row in event_log(db).iter_view(LOG_DDOC, "by_aggregate", page_size=page_size):
+        change = change_from_row(row)
+        if change["aggregate"] != current:
+            if current is not None:
+                yield current, stream
+            current, stream = change["aggregate"], []
+        stream.append(change)
+    if current is not None:
+        yield current, stream
+
+
+@dataclasses.dataclass
+class RebuildReport:
+    """What a rebuild found; with check_only nothing was written."""
+
+    aggregates: int = 0
+    events: int = 0  # changes folded (one event document may hold many)
+    differing: list[str] = dataclasses.field(default_factory=list)
+    without_events: list[str] = dataclasses.field(default_factory=list)
+    written: int = 0
+    deleted: int = 0
+    conflicts_repaired: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def rebuild_projections(
+    db: Database, *, check_only: bool = False, batch: int = 500
+) -> RebuildReport:
+    """Recompute every projection from the log alone; write (or with check_only, list) differences.
+
+    Projections that no change in the log accounts for are reported and, unless
+    check_only, deleted. A write that meets a concurrent writer is repaired
+    from the log and counted, never dropped.
+    """
+    report = RebuildReport()
+    chunk: list[tuple[str, Doc | None]] = []
+    in_log: set[str] = set()
+    for agg, changes in iter_change_streams(db):
+        in_log.add(agg)
+        report.aggregates += 1
+        report.events += len(changes)
+        chunk.append((agg, project(changes)))
+        if len(chunk) >= batch:
+            _rebuild_chunk(db, chunk, report, check_only)
+            chunk = []
+    if chunk:
+        _rebuild_chunk(db, chunk, report, check_only)
+    _remove_unaccounted(db, in_log, report, check_only)
+    return report
+
+
+def _rebuild_chunk(
+    db: Database, chunk: list[tuple[str, Doc | None]], report: RebuildReport, check_only: bool
+) -> None:
+    stored = db.get_many(agg for agg, _ in chunk)
+    to_write = []
+    for agg, rebuilt in chunk:
+        current = stored.get(agg)
+        if comparable(current) == comparable(rebuilt):
+            continue
+        report.differing.append(agg)
+        if rebuilt is not None and not check_only:
+            if current is not None:
+                rebuilt["_rev"] = current["_rev"]
+            to_write.append(rebuilt)
+    for doc, result in zip(to_write, db.bulk_docs(to_write), strict=True):
+        if result.ok:
+            report.written += 1
+        else:  # someone wrote it meanwhile: fold again from the log, and say so
+            repair_projection(db, doc["_id"])
+            report.conflicts_repaired += 1
+
+
+def _remove_unaccounted(
+    db: Database, in_log: set[str], report: RebuildReport, check_only: bool
+) -> None:
+    """Projections of a projected type that no change in the log accounts for."""
+    for type_name in sorted(projected_types()):
+        unaccounted = [i for i in db.iter_ids(f"{type_name}:") if i not in in_log]
+        report.without_events += unaccounted
+        if unaccounted and not check_only:
+            current = db.get_many(unaccounted)
+            doomed = [
+                {"_id": doc["_id"], "_rev": doc["_rev"], "_deleted": True}
+                for doc in current.values()
+            ]
+            report.deleted += sum(1 for r in db.bulk_docs(doomed) if r.ok)
+
+
+def strip_bookkeeping(doc: Doc) -> Doc:
+    """A projection without the store's own fields: what the domain says about it."""
+    return {k: v for k, v in doc.items() if k not in BOOKKEEPING and k != "_rev"}
