@@ -76,7 +76,6 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Clock = u
         db,
         lease_slot=int(os.environ.get("DISTLEECH_LEASE_SLOT", "0")),
         lease_slots=int(os.environ.get("DISTLEECH_LEASE_SLOTS", "1")),
-        buffer_seconds=settings.leases.buffer_seconds,
     )
     auth = Authenticator(
         db,

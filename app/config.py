@@ -67,7 +67,6 @@ class LeaseSettings:
     archive_minutes: float = 60
     archive_max_attempts: int = 3
     max_rows: int = 100
-    buffer_seconds: float = 2
 
 
 @dataclasses.dataclass(frozen=True)

@@ -109,7 +109,7 @@ def build_registry(db: Any, torrents: int, scanned: list[int]) -> None:
     from app.queues import downloads
     from app.queues.downloads import TorrentRef
     from app.registry.register import register_uploads
-    from app.store.events import commit
+    from app.store.commit import commit
     from app.timeutil import utcnow
 
     for start in range(0, len(scanned), 1000):

@@ -387,8 +387,8 @@ def register(url: str, load: Load) -> dict[str, float]:
     its torrents (app.tracker.accounts.registry_decision).
     """
     from app.projectors import register_projectors
+    from app.store.commit import check_none_lost, commit
     from app.store.couch import CouchServer
-    from app.store.events import check_none_lost, commit
     from app.store.setup import init_database
     from app.timeutil import utcnow
     from app.tracker import accounts, members

@@ -41,7 +41,7 @@ def catch_up_projections(db: Database, now: datetime) -> int:
     that crashed before their event reached the log (app/store/projections.py).
     """
     repaired = projections.catch_up_projections(db)
-    rolled_back = projections.repair_phantoms(db, now)
+    rolled_back = projections.repair_phantoms(db)
     if repaired or rolled_back:
         log.info("repaired %d lagging projections, rolled back %d", repaired, rolled_back)
     return repaired + rolled_back

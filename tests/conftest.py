@@ -23,6 +23,23 @@ register_projectors()  # as create_app, the CLI and the scheduler do at start-up
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def couch_credentials_for_everything():
+    """TEST_COUCHDB_USER/PASSWORD reach every app, CLI and process the tests start.
+
+    Apache CouchDB 3.x makes new databases admin-only, so a test server with
+    credentials needs them everywhere; through the app's own environment
+    settings (DISTLEECH_COUCHDB__USERNAME/PASSWORD) every create_app and every
+    subprocess that inherits the environment sends them, as in production.
+    """
+    user, password = os.environ.get("TEST_COUCHDB_USER"), os.environ.get("TEST_COUCHDB_PASSWORD")
+    with pytest.MonkeyPatch.context() as patch:
+        if user:
+            patch.setenv("DISTLEECH_COUCHDB__USERNAME", user)
+            patch.setenv("DISTLEECH_COUCHDB__PASSWORD", password or "")
+        yield
+
+
 @pytest.fixture(scope="session")
 def couch_url(tmp_path_factory: pytest.TempPathFactory):
     """One server per run: starting it takes a second, a database is cheap."""
@@ -81,7 +98,6 @@ def make_app(db, clock):
         config = {
             "couchdb": {"url": db.server_url, "database": db.name},
             "scheduler": {"enabled": False},
-            "leases": {"buffer_seconds": 0.000001},
         }
         for section, values in overrides.items():
             config.setdefault(section, {}).update(values)

@@ -6,7 +6,8 @@ from app.ids import normalize_key, stable_int_id
 from app.queues import downloads
 from app.queues.albums import album_doc_id, import_albums
 from app.queues.downloads import TorrentRef
-from app.store.events import EVENT_PREFIX, append_event, commit, event_log, new_event_id, site_of
+from app.store.commit import commit
+from app.store.events import EVENT_PREFIX, append_event, event_log, new_event_id, site_of
 from app.timeutil import iso
 
 PTH = "passtheheadphones.me"

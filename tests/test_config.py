@@ -81,7 +81,7 @@ def test_a_secret_in_the_file_is_refused(tmp_path, key):
         ("bogus_section: {}\n", {}, None, "bogus_section"),
         ("leases: 5\n", {}, None, "leases"),
         ("couchdb: 5\n", {}, None, "couchdb"),
-        ("", {"DISTLEECH_LEASES__BUFFER_SECONDS": "0"}, None, "leases.buffer_seconds"),
+        ("", {"DISTLEECH_LEASES__METADATA_MINUTES": "0"}, None, "leases.metadata_minutes"),
         ("", {"DISTLEECH_AUTH__ANONYMOUS_WORKERS": "1"}, None, "auth.anonymous_workers"),
     ],
 )

@@ -147,3 +147,11 @@ def test_changes_reads_events_only_with_the_filter(db):
     feed = log.changes(since=0, filter="log/events")
     assert [c["id"] for c in feed["results"]] == [GOOD_EVENT["_id"]]
     assert log.changes(since=feed["last_seq"], filter="log/events")["results"] == []
+
+
+def test_prefix_reads_include_ids_with_any_character_after_the_prefix(db):
+    ids = ["worker:a", "worker:\U0001f600", "worker:\ufff5x", "worker;", "workers:x"]
+    db.bulk_docs([{"_id": i, "type": "x"} for i in ids])
+    expected = ["worker:a", "worker:\ufff5x", "worker:\U0001f600"]
+    assert sorted(db.iter_ids("worker:")) == sorted(expected)
+    assert sorted(d["_id"] for d in db.iter_prefix("worker:")) == sorted(expected)

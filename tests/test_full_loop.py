@@ -40,7 +40,6 @@ def live_app(db):
         {
             "couchdb": {"url": db.server_url, "database": db.name},
             "scheduler": {"enabled": False},
-            "leases": {"buffer_seconds": 0.000001},
         }
     )
 

@@ -12,6 +12,7 @@ import io
 import json
 
 import pytest
+from factories import make_albums
 
 from tests.conftest import basic_auth, token_header
 
@@ -192,6 +193,21 @@ def test_same_origin_and_scripts_are_not_refused(client, admin_auth, browser):
     assert response.status_code == 201
     # reads are never refused: a page may link to /stats
     assert client.get("/stats", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
+def test_a_cross_site_get_cannot_lease_work_with_an_admins_browser(client, db, admin_auth, clock):
+    """GET /metadata/<rows> and /api/worker/next lease work: an <img> on another
+    page must not make a logged-in admin's browser take albums or URLs."""
+    make_albums(db, 2, now=clock())
+    client.post("/api/worker/queue", data={"url": "https://example.org/v/9"}, headers=admin_auth)
+    browser = {**admin_auth, "Sec-Fetch-Site": "cross-site"}
+    assert error_of(client.get("/metadata/5", headers=browser)) == (403, "cross_site_request")
+    assert error_of(client.get("/api/worker/next", headers=browser)) == (
+        403,
+        "cross_site_request",
+    )
+    assert len(client.get("/metadata/5", headers=admin_auth).get_json()["albums"]) == 2
+    assert client.get("/api/worker/next", headers=admin_auth).status_code == 200
 
 
 # ---------------------------------------------------------------- 401 says how to get a credential

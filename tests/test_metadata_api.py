@@ -128,7 +128,7 @@ def test_never_tried_first_then_least_recently_not_found(client, db, worker, clo
 
 def test_a_process_lease_slot_never_puts_retries_before_never_tried_work(db, clock):
     """With several processes each prefers its own slot of ids, but only within a group."""
-    leaser = QueueLeaser(db, lease_slot=0, lease_slots=2, buffer_seconds=0)
+    leaser = QueueLeaser(db, lease_slot=0, lease_slots=2)
 
     def slot(album_id):
         return zlib.crc32(album_doc_id(album_id).encode()) % 2
@@ -144,6 +144,23 @@ def test_a_process_lease_slot_never_puts_retries_before_never_tried_work(db, clo
     leased = ids_of(lease_albums(leaser, "w", 30, clock(), 60))
     assert leased.index(retry) == len(leased) - 1
     assert set(fresh) <= set(leased)
+
+
+def test_a_process_sees_what_others_did_at_its_next_call(db, clock):
+    """Each process reads the queue view once and then follows the changes feed:
+    work another process leased, returned or added reaches its next call."""
+    here, there = QueueLeaser(db), QueueLeaser(db)
+    first, second, third = make_albums(db, 3, now=clock())
+    assert ids_of(lease_albums(here, "h", 1, clock(), 60)) == [first]
+    assert ids_of(lease_albums(there, "t", 1, clock(), 60)) == [second]
+    # the other process's lease of `second` is known here: never handed out twice
+    assert ids_of(lease_albums(here, "h", 5, clock(), 60)) == [third]
+    assert lease_albums(here, "h", 5, clock(), 60) == []
+    # elsewhere: `second` not found (due again at once), and two albums imported
+    submit_metadata(db, {second: []}, holder="t", now=clock(), retry_minutes=0)
+    new = make_albums(db, 2, now=clock(), title="New {i}")
+    assert ids_of(lease_albums(here, "h", 5, clock(), 60)) == [*new, second]
+    assert lease_albums(there, "t", 5, clock(), 60) == []
 
 
 def test_not_found_album_comes_back_only_after_retry_minutes(make_app, db, worker, clock):

@@ -99,7 +99,6 @@ def app_for(db: Database, clock: Clock):
         {
             "couchdb": {"url": db.server_url, "database": db.name},
             "scheduler": {"enabled": False},
-            "leases": {"buffer_seconds": 0.000001},
             "site": {"name": SITE},
         },
         clock=clock,

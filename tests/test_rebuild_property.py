@@ -43,7 +43,7 @@ class Run:
         self.albums: list[int] = []
         self.torrents: list[TorrentRef] = []
         # two leasers: two processes sharing the database
-        self.leasers = [QueueLeaser(db, buffer_seconds=0), QueueLeaser(db, buffer_seconds=0)]
+        self.leasers = [QueueLeaser(db), QueueLeaser(db)]
 
     def apply(self, command):
         getattr(self, "do_" + command[0])(*command[1:])

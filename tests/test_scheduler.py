@@ -238,7 +238,7 @@ def test_the_scheduler_process_holds_the_lease_and_releases_it_on_sigterm(db):
 
 def test_reap_job_returns_an_expired_album_lease_to_the_queue(db):
     [album_id] = make_albums(db, 1, now=START)
-    leaser = QueueLeaser(db, buffer_seconds=0)
+    leaser = QueueLeaser(db)
     assert leaser.lease("metadata", "w1", 1, START, timedelta(hours=1), actor="w1")
     # before expiry the reaper leaves the lease alone
     assert jobs.reap_expired_leases(db, START + timedelta(minutes=59)) == 0

@@ -37,8 +37,9 @@ from app.errors import (
     UserNotFoundError,
     ValidationFailedError,
 )
+from app.store.commit import commit
 from app.store.couch import Database
-from app.store.events import Doc, commit
+from app.store.events import Doc
 
 ADMIN, USER, WORKER, QUEUER, ANONYMOUS = "admin", "user", "worker", "queuer", "anonymous"
 TOKEN_ROLES = (WORKER, QUEUER)

@@ -19,6 +19,9 @@ def register_blueprints(app: Flask) -> None:
         app.register_blueprint(module.bp)
 
 
+LEASING_GETS = frozenset({"metadata.lease_metadata", "archive.lease_next"})
+
+
 def refuse_cross_site_writes() -> None:
     """Refuse a browser's write that another site's page started (CSRF): 403.
 
@@ -29,8 +32,11 @@ def refuse_cross_site_writes() -> None:
     /torrents, the Patchwork queue, the CSV upload) stay forms for their
     clients. Browsers say where a request comes from (Sec-Fetch-Site, else
     Origin); scripts and workers send neither, so they are never refused.
+    Two GETs change state (they lease work, as the original clients expect)
+    and are guarded like writes: an <img> on another page must not make an
+    admin's browser lease albums.
     """
-    if request.method in SAFE_METHODS:
+    if request.method in SAFE_METHODS and request.endpoint not in LEASING_GETS:
         return
     fetch_site = request.headers.get("Sec-Fetch-Site")
     if fetch_site is not None:

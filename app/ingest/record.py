@@ -28,8 +28,9 @@ from app.ingest.parse import FAILED, Listing
 from app.ingest.report import build_report
 from app.queues import downloads
 from app.registry.keys import torrent_doc_id
+from app.store.commit import Outcome, check_none_lost, commit
 from app.store.couch import Database
-from app.store.events import Decision, Doc, Outcome, check_none_lost, commit
+from app.store.events import Decision, Doc
 from app.timeutil import iso
 
 Plan = tuple[list[tuple[str, Decision]], dict[str, tuple[str, int]]]

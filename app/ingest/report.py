@@ -12,7 +12,8 @@ from app.ingest.match import Evaluation
 from app.ingest.parse import Listing
 from app.queues import downloads
 from app.registry.keys import torrent_doc_id
-from app.store.events import Doc, Outcome
+from app.store.commit import Outcome
+from app.store.events import Doc
 
 MATCHED, NO_MATCH, SEVERAL_MATCHED = "matched", "no_match", "several_matched"
 MAX_REASONS = 20

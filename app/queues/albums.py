@@ -19,8 +19,9 @@ from app.ids import normalize_key, stable_int_id
 from app.queues import downloads
 from app.queues.downloads import TorrentRef
 from app.queues.leasing import LEASED, READY, QueueLeaser, apply_lease_event
+from app.store.commit import check_none_lost, commit, confirm_states
 from app.store.couch import Database
-from app.store.events import Decision, Doc, check_none_lost, commit
+from app.store.events import Decision, Doc
 from app.timeutil import iso
 
 QUEUE = "metadata"
@@ -162,7 +163,8 @@ def _assign_ids(
         pending.append((line, stable_int_id(key), artist, title, key))
     assigned: list[tuple[int, int, str, str, str]] = []
     for salt in range(1, 6):
-        stored = db.get_many(album_doc_id(p[1]) for p in pending)
+        # confirmed against the log: a dead import's phantom is not an album
+        stored = confirm_states(db, db.get_many(album_doc_id(p[1]) for p in pending))
         retry = []
         for line, album_id, artist, title, key in pending:
             owner = stored.get(album_doc_id(album_id), {}).get("key") or seen.get(album_id)

@@ -32,8 +32,9 @@ from app.errors import (
 from app.ids import MAX_SAFE_INT, stable_int_id
 from app.queues import workers
 from app.queues.leasing import LEASED, READY, QueueLeaser, apply_lease_event
+from app.store.commit import commit
 from app.store.couch import Database
-from app.store.events import Decision, Doc, commit
+from app.store.events import Decision, Doc
 from app.timeutil import iso
 
 log = logging.getLogger(__name__)

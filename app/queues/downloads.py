@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 
 from app.ids import stable_int_id
 from app.queues.leasing import READY, QueueLeaser, apply_lease_event
+from app.store.commit import check_none_lost, commit
 from app.store.couch import Database
-from app.store.events import Decision, Doc, check_none_lost, commit
+from app.store.events import Decision, Doc
 
 DONE = "done"
 CANCELLED = "cancelled"

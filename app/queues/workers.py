@@ -18,8 +18,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.errors import ForbiddenError
+from app.store.commit import commit
 from app.store.couch import Database
-from app.store.events import ConcurrencyError, Decision, Doc, commit
+from app.store.events import ConcurrencyError, Decision, Doc
 from app.timeutil import iso
 
 log = logging.getLogger(__name__)

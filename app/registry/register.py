@@ -18,8 +18,9 @@ from app.registry.aggregate import (
 )
 from app.registry.keys import torrent_doc_id, torrent_file_doc_id
 from app.registry.queries import find_by_site, public_torrent
+from app.store.commit import Outcome, check_none_lost, commit
 from app.store.couch import Database
-from app.store.events import Decision, Doc, Outcome, check_none_lost, commit
+from app.store.events import Decision, Doc
 from app.tracker import accounts as tracker_accounts
 
 

@@ -194,6 +194,23 @@ def _error_from(response: requests.Response) -> CouchError:
     return cls(response.status_code, error, reason)
 
 
+def prefix_range(prefix: str) -> dict[str, Any]:
+    """_all_docs parameters for every id that starts with `prefix` ("" for all)."""
+    if not prefix:
+        return {}
+    return {"endkey": prefix_end(prefix), "inclusive_end": False}
+
+
+def prefix_end(prefix: str) -> str:
+    """The first id after every id that starts with `prefix` (an exclusive end key).
+
+    `prefix + "\\ufff0"` would miss ids with a character above U+FFF0 (say an
+    emoji, U+1F600) right after the prefix: _all_docs orders ids by their
+    UTF-8 bytes on Apache CouchDB. Every prefix we use ends in ":".
+    """
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 class Database:
     """One database: documents, bulk writes, views and the changes feed."""
 
@@ -317,7 +334,7 @@ class Database:
                 f"{self.path}/_all_docs",
                 params={
                     "startkey": startkey,
-                    "endkey": prefix + "\ufff0",
+                    **prefix_range(prefix),
                     "limit": page_size,
                     "skip": skip,
                 },
@@ -340,7 +357,7 @@ class Database:
                 f"{self.path}/_all_docs",
                 params={
                     "startkey": startkey,
-                    "endkey": prefix + "\ufff0",
+                    **prefix_range(prefix),
                     "include_docs": True,
                     "limit": page_size,
                     "skip": skip,

@@ -27,17 +27,16 @@ rebuild sorts by (version, site, event id): a deterministic order for any log.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.store.couch import Database
-from app.timeutil import iso
+from app.timeutil import iso, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,12 @@ Decision = Callable[[Doc | None], tuple[str, dict[str, Any]] | None]
 EVENT_PREFIX = "ev:"
 LOG_DDOC = "log"  # the event log's design document: validator, by_aggregate, filters
 # Bookkeeping every projection carries besides its domain fields.
-BOOKKEEPING = ("version", "updated_at", "last_event")
+BOOKKEEPING = ("version", "updated_at", "last_event", "written_at")
+# How long a projection whose event is not in the log may be a commit still in
+# flight (between its projection write and its event append) rather than a
+# phantom of a crashed one. Longer than any request may take (a request times
+# out after couchdb.timeout_seconds, 30 s by default, and may be retried).
+GRACE_SECONDS = 120.0
 
 _PROJECTORS: dict[str, Projector] = {}
 
@@ -174,133 +178,24 @@ def project(changes: Iterable[Doc]) -> Doc | None:
     return state
 
 
-@dataclasses.dataclass
-class Outcome:
-    """What became of one decision in a commit."""
-
-    aggregate: str
-    recorded: bool  # a change was recorded
-    state: Doc | None  # the projection after the commit (or as found)
-    event: Doc | None = None  # the change (with its event's id, time and actor)
-    lost_race: bool = False
-
-
-def commit(
-    db: Database,
-    decisions: Sequence[tuple[str, Decision]],
-    *,
-    actor: str,
-    now: datetime,
-    states: dict[str, Doc] | None = None,
-    retry_lost: int = 3,
-    command: str | None = None,
-) -> list[Outcome]:
-    """Decide per aggregate, claim the projections, then append one event for all of them.
-
-    `states` may carry projections the caller already read (a queue's
-    include_docs rows; `{}` for "known to be absent"); the rest are read here.
-    With retry_lost > 0 an aggregate whose projection changed under us is read
-    again and decided again, so results are never lost; with 0 a lost race is
-    reported (a lease: "taken, try the next"). Raises EventRefusedError if the
-    log refuses the event, and CouchError if it cannot be reached: either way
-    the caller must not answer "ok" (the projections are rolled back later).
-    """
-    known = dict(states or {})
-    missing = [agg for agg, _ in decisions if agg not in known]
-    known.update(db.get_many(missing))
-    before = dict(known)  # what a failed append puts back
-    site = site_of(db)
-    event: Doc = {
-        "_id": new_event_id(now, site),
-        "type": "event",
-        "name": command or "",
-        "at": iso(now),
-        "actor": actor,
-        "site": site,
-        "changes": [],
-    }
-    outcomes: dict[str, Outcome] = {}
-    pending = list(decisions)
-    for attempt in range(retry_lost + 1):
-        lost = _claim(db, pending, known, event, outcomes)
-        if not lost:
-            break
-        if attempt == retry_lost:
-            for agg, _ in lost:
-                outcomes[agg] = Outcome(agg, False, known.get(agg) or None, lost_race=True)
-            break
-        fresh = db.get_many(agg for agg, _ in lost)
-        for agg, _ in lost:
-            known[agg] = fresh.get(agg) or {}
-        pending = lost
-    if event["changes"]:
-        try:
-            append_event(db, event)
-        except Exception:
-            _undo_claims(db, event, before, known)
-            raise
-    return [outcomes[agg] for agg, _ in decisions]
+def unbacked(db: Database, states: dict[str, Doc]) -> set[str]:
+    """The aggregates whose projection names an event the log does not have (phantoms,
+    or commits still in flight). One keyed read of the log."""
+    named = {agg: doc["last_event"] for agg, doc in states.items() if doc and doc.get("last_event")}
+    if not named:
+        return set()
+    rows = event_log(db).all_docs(sorted(set(named.values())), include_docs=False)
+    present = {row["key"] for row in rows if "error" not in row}
+    return {agg for agg, event_id in named.items() if event_id not in present}
 
 
-def _undo_claims(db: Database, event: Doc, before: dict[str, Doc], known: dict[str, Doc]) -> None:
-    """Put back the projections of a command whose event did not reach the log.
-
-    Best effort: a retry of the command must not find its own unrecorded
-    changes and take them as done. What cannot be put back now (the process
-    dies, the read model is unreachable) is rolled back by the projector after
-    its grace period.
-    """
-    undo = []
-    for change in event["changes"]:
-        agg = change["aggregate"]
-        previous = before.get(agg) or None
-        current_rev = known[agg]["_rev"]
-        if previous is None:
-            undo.append({"_id": agg, "_rev": current_rev, "_deleted": True})
-        else:
-            undo.append(dict(previous, _rev=current_rev))
-    try:
-        db.bulk_docs(undo)
-    except Exception:  # the projector's phantom repair is the backstop
-        log.warning("could not undo %d projections of %s", len(undo), event["_id"])
-
-
-def _claim(
-    db: Database,
-    decisions: Sequence[tuple[str, Decision]],
-    known: dict[str, Doc],
-    event: Doc,
-    outcomes: dict[str, Outcome],
-) -> list[tuple[str, Decision]]:
-    """One round: decide, write the projections conditionally; return the decisions that lost."""
-    claimed: list[tuple[tuple[str, Decision], Doc, Doc]] = []
-    for agg, decide in decisions:
-        state = known.get(agg) or None
-        verdict = decide(state)
-        if verdict is None:
-            outcomes[agg] = Outcome(agg, False, state)
-            continue
-        name, data = verdict
-        change = {"aggregate": agg, "version": (state or {}).get("version", 0) + 1}
-        change.update(name=name, data=data)
-        view = dict(change, at=event["at"], actor=event["actor"], site=event["site"])
-        view["event"] = event["_id"]
-        claimed.append(((agg, decide), change, apply_event(state, view)))
-    lost: list[tuple[str, Decision]] = []
-    results = db.bulk_docs([projection for _, _, projection in claimed])
-    for (decision, change, projection), result in zip(claimed, results, strict=True):
-        agg = decision[0]
-        if result.ok:
-            projection["_rev"] = result.rev
-            known[agg] = projection
-            event["changes"].append(change)
-            view = changes_of(dict(event, changes=[change]))[0]
-            outcomes[agg] = Outcome(agg, True, projection, view)
-        elif result.error == "conflict":
-            lost.append(decision)
-        else:
-            raise RuntimeError(f"projection {agg} refused: {result.error} {result.reason}")
-    return lost
+def is_settled(doc: Doc, grace_seconds: float | None = None) -> bool:
+    """True when a projection was written longer than the grace ago (wall clock)."""
+    written = doc.get("written_at")
+    if not written:
+        return True
+    grace = GRACE_SECONDS if grace_seconds is None else grace_seconds
+    return written <= iso(utcnow() - timedelta(seconds=grace))
 
 
 def append_event(db: Database, event: Doc) -> None:
@@ -313,17 +208,6 @@ def append_event(db: Database, event: Doc) -> None:
         raise EventRefusedError(f"event {event['_id']} refused: {result.error} {result.reason}")
 
 
-def check_none_lost(outcomes: Iterable[Outcome]) -> None:
-    """Raise ConcurrencyError when a decision kept losing its race.
-
-    For facts a client is told were accepted (submissions): reporting success
-    for a change that was never recorded would lose it (invariant 3).
-    """
-    lost = [o.aggregate for o in outcomes if o.lost_race]
-    if lost:
-        raise ConcurrencyError("other writers kept winning: " + ", ".join(lost))
-
-
 def read_events(db: Database, aggregate_id: str, after_version: int = 0) -> list[Doc]:
     """One aggregate's changes in fold order, from the log's by_aggregate view (read fresh)."""
     rows = event_log(db).view(
@@ -332,7 +216,9 @@ def read_events(db: Database, aggregate_id: str, after_version: int = 0) -> list
         startkey=[aggregate_id, after_version + 1],
         endkey=[aggregate_id, {}],
     )
-    return [change_from_row(row) for row in rows]
+    # Apache CouchDB collates keys with ICU, where two canonically equivalent
+    # strings compare equal: keep only this exact aggregate's rows.
+    return [change_from_row(row) for row in rows if row["key"][0] == aggregate_id]
 
 
 def change_from_row(row: Doc) -> Doc:

@@ -21,48 +21,66 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from app.store.couch import Database, DocumentConflictError, DocumentNotFoundError
 from app.store.events import (
     BOOKKEEPING,
+    GRACE_SECONDS,
     LOG_DDOC,
     ConcurrencyError,
     Doc,
     change_from_row,
     changes_of,
     event_log,
+    is_settled,
     project,
     projected_types,
     read_events,
     site_of,
 )
-from app.timeutil import iso
+from app.timeutil import iso, utcnow
 
 log = logging.getLogger(__name__)
 
 LOG_CHECKPOINT_ID = "_local/projector-checkpoint"
 PHANTOM_CHECKPOINT_ID = "_local/phantom-checkpoint"
-GRACE_SECONDS = 30.0
+
+
+class InFlightError(ConcurrencyError):
+    """A projection names an event the log does not have yet, and is young enough
+    that its commit may still be in flight: it must not be touched now."""
 
 
 def comparable(doc: Doc | None) -> Doc | None:
-    return None if doc is None else {k: v for k, v in doc.items() if k != "_rev"}
+    """A projection as a rebuild would make it: without _rev and its write time."""
+    if doc is None:
+        return None
+    return {k: v for k, v in doc.items() if k not in ("_rev", "written_at")}
 
 
-def repair_projection(db: Database, aggregate_id: str) -> Doc | None:
+def repair_projection(
+    db: Database, aggregate_id: str, *, grace_seconds: float | None = None
+) -> Doc | None:
     """Make one projection equal the fold of its changes in the log; return it.
 
     A projection with no change in the log (a phantom creation) is deleted.
-    Idempotent and safe to race: writes are conditional on the _rev read, and
-    a loser reads again.
+    Raises InFlightError, touching nothing, when the stored projection names an
+    event the log does not have and was written less than GRACE_SECONDS ago:
+    its commit may be between its two writes, and folding now would undo a
+    fact about to be recorded (and let a second caller lease the same album).
+    Idempotent and safe to race: writes are conditional on the _rev read.
     """
     for _ in range(5):
         stored = db.get_or_none(aggregate_id)
-        rebuilt = project(read_events(db, aggregate_id))
+        changes = read_events(db, aggregate_id)
+        rebuilt = project(changes)
         if comparable(stored) == comparable(rebuilt):
             return stored
+        if stored is not None and not is_settled(stored, grace_seconds):
+            if stored.get("last_event") not in {c["event"] for c in changes}:
+                raise InFlightError(f"{aggregate_id} has a commit in flight")
         try:
             if rebuilt is None:
                 assert stored is not None
@@ -80,7 +98,9 @@ def repair_projection(db: Database, aggregate_id: str) -> Doc | None:
 def catch_up_projections(db: Database, *, limit: int = 500, max_rounds: int = 100) -> int:
     """Follow the log's _changes from a checkpoint; refold projections that miss a change.
 
-    Returns how many projections were repaired.
+    Returns how many projections were repaired. An aggregate with a commit in
+    flight stops the run before its page: the checkpoint stays, the next run
+    reads that page again.
     """
     events = event_log(db)
     own_site = site_of(db)
@@ -106,7 +126,12 @@ def catch_up_projections(db: Database, *, limit: int = 500, max_rounds: int = 10
         for agg, version in needed.items():
             if agg in foreign or stored.get(agg, {}).get("version", 0) < version:
                 before = stored.get(agg)
-                if comparable(repair_projection(db, agg)) != comparable(before):
+                try:
+                    after = repair_projection(db, agg)
+                except InFlightError:
+                    log.info("projector: %s has a commit in flight; next run", agg)
+                    return repaired
+                if comparable(after) != comparable(before):
                     repaired += 1
         checkpoint["seq"] = feed["last_seq"]
         try:
@@ -118,16 +143,16 @@ def catch_up_projections(db: Database, *, limit: int = 500, max_rounds: int = 10
     return repaired
 
 
-def repair_phantoms(
-    db: Database, now: datetime, *, grace_seconds: float = GRACE_SECONDS, limit: int = 500
-) -> int:
+def repair_phantoms(db: Database, *, grace_seconds: float | None = None, limit: int = 500) -> int:
     """Roll back projections whose event never reached the log; return how many.
 
     Reads the read model's _changes from a checkpoint; stops before the first
-    projection younger than the grace period, so a commit in flight is never
-    touched, and the next run starts there.
+    projection written less than `grace_seconds` ago (by the wall clock that
+    stamped it, `written_at`), so a commit in flight is never touched, and the
+    next run starts there.
     """
-    cutoff = iso(now - timedelta(seconds=grace_seconds))
+    grace = GRACE_SECONDS if grace_seconds is None else grace_seconds
+    cutoff = iso(utcnow() - timedelta(seconds=grace))
     types = projected_types()
     checkpoint = db.get_or_none(PHANTOM_CHECKPOINT_ID) or {"_id": PHANTOM_CHECKPOINT_ID, "seq": 0}
     rolled_back = 0
@@ -138,7 +163,7 @@ def repair_phantoms(
         for row in feed["results"]:
             doc = row.get("doc") or {}
             if doc.get("type") in types and doc.get("last_event"):
-                if doc.get("updated_at", "") > cutoff:
+                if doc.get("written_at", "") > cutoff:
                     too_young = True
                     break
                 seen[doc["_id"]] = doc["last_event"]
@@ -151,7 +176,10 @@ def repair_phantoms(
         for agg, event_id in seen.items():
             if event_id not in present:
                 log.warning("rolling back %s: its event %s never reached the log", agg, event_id)
-                repair_projection(db, agg)
+                try:
+                    repair_projection(db, agg, grace_seconds=grace)
+                except InFlightError:  # rewritten since the feed showed it: its own commit
+                    continue
                 rolled_back += 1
         checkpoint["seq"] = last_seq
         try:
@@ -193,6 +221,7 @@ class RebuildReport:
     written: int = 0
     deleted: int = 0
     conflicts_repaired: int = 0
+    in_flight: list[str] = dataclasses.field(default_factory=list)  # left for the projector
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -204,17 +233,20 @@ def rebuild_projections(
     """Recompute every projection from the log alone; write (or with check_only, list) differences.
 
     Projections that no change in the log accounts for are reported and, unless
-    check_only, deleted. A write that meets a concurrent writer is repaired
-    from the log and counted, never dropped.
+    check_only, deleted. Safe on a running system: a projection that names an
+    event this pass did not fold was written after the pass read the log (or
+    is a phantom), so it is refolded from the log as it is now, and a commit
+    in flight is left alone (reported in `in_flight`); a write that meets a
+    concurrent writer is repaired the same way and counted, never dropped.
     """
     report = RebuildReport()
-    chunk: list[tuple[str, Doc | None]] = []
+    chunk: list[tuple[str, Doc | None, set[str]]] = []
     in_log: set[str] = set()
     for agg, changes in iter_change_streams(db):
         in_log.add(agg)
         report.aggregates += 1
         report.events += len(changes)
-        chunk.append((agg, project(changes)))
+        chunk.append((agg, project(changes), {c["event"] for c in changes}))
         if len(chunk) >= batch:
             _rebuild_chunk(db, chunk, report, check_only)
             chunk = []
@@ -225,13 +257,19 @@ def rebuild_projections(
 
 
 def _rebuild_chunk(
-    db: Database, chunk: list[tuple[str, Doc | None]], report: RebuildReport, check_only: bool
+    db: Database,
+    chunk: list[tuple[str, Doc | None, set[str]]],
+    report: RebuildReport,
+    check_only: bool,
 ) -> None:
-    stored = db.get_many(agg for agg, _ in chunk)
+    stored = db.get_many(agg for agg, _, _ in chunk)
     to_write = []
-    for agg, rebuilt in chunk:
+    for agg, rebuilt, folded in chunk:
         current = stored.get(agg)
         if comparable(current) == comparable(rebuilt):
+            continue
+        if current is not None and current.get("last_event") not in folded:
+            _refold_one(db, agg, current, report, check_only)  # newer than this pass
             continue
         report.differing.append(agg)
         if rebuilt is not None and not check_only:
@@ -242,23 +280,60 @@ def _rebuild_chunk(
         if result.ok:
             report.written += 1
         else:  # someone wrote it meanwhile: fold again from the log, and say so
-            repair_projection(db, doc["_id"])
+            _refold_one(db, doc["_id"], None, report, check_only)
             report.conflicts_repaired += 1
+
+
+def _refold_one(
+    db: Database, agg: str, current: Doc | None, report: RebuildReport, check_only: bool
+) -> None:
+    """Compare (and unless check_only, repair) one projection against the log as it is now."""
+    if check_only:
+        current = db.get_or_none(agg) if current is None else current
+        changes = read_events(db, agg)
+        if comparable(current) == comparable(project(changes)):
+            return
+        if current is not None and not is_settled(current):
+            if current.get("last_event") not in {c["event"] for c in changes}:
+                report.in_flight.append(agg)
+                return
+        report.differing.append(agg)
+        return
+    try:
+        before = db.get_or_none(agg)
+        if comparable(repair_projection(db, agg)) != comparable(before):
+            report.differing.append(agg)
+            report.written += 1
+    except InFlightError:
+        report.in_flight.append(agg)
 
 
 def _remove_unaccounted(
     db: Database, in_log: set[str], report: RebuildReport, check_only: bool
 ) -> None:
-    """Projections of a projected type that no change in the log accounts for."""
+    """Projections of a projected type that no change in the log accounts for.
+
+    One created after this pass read the log (its event is in the log now)
+    is not one of them, and one that may be in flight is left alone.
+    """
     for type_name in sorted(projected_types()):
-        unaccounted = [i for i in db.iter_ids(f"{type_name}:") if i not in in_log]
-        report.without_events += unaccounted
-        if unaccounted and not check_only:
-            current = db.get_many(unaccounted)
-            doomed = [
-                {"_id": doc["_id"], "_rev": doc["_rev"], "_deleted": True}
-                for doc in current.values()
-            ]
+        candidates = [i for i in db.iter_ids(f"{type_name}:") if i not in in_log]
+        if not candidates:
+            continue
+        current = db.get_many(candidates)
+        named = {str(d["last_event"]) for d in current.values() if d.get("last_event")}
+        rows = event_log(db).all_docs(sorted(named), include_docs=False) if named else []
+        recorded = {row["key"] for row in rows if "error" not in row}
+        doomed = []
+        for doc in current.values():
+            if doc.get("last_event") in recorded:
+                continue
+            if not is_settled(doc):
+                report.in_flight.append(doc["_id"])
+                continue
+            report.without_events.append(doc["_id"])
+            doomed.append({"_id": doc["_id"], "_rev": doc["_rev"], "_deleted": True})
+        if doomed and not check_only:
             report.deleted += sum(1 for r in db.bulk_docs(doomed) if r.ok)
 
 

@@ -44,14 +44,9 @@ from app.errors import (
     WhitelistEntryNotFoundError,
 )
 from app.ids import MAX_SAFE_INT
+from app.store.commit import Outcome, check_none_lost, commit
 from app.store.couch import Database
-from app.store.events import (
-    Decision,
-    Doc,
-    Outcome,
-    check_none_lost,
-    commit,
-)
+from app.store.events import Decision, Doc
 
 TRACKED, TRACKER_USER, WHITELIST = "tracked", "trackeruser", "whitelist"
 SOURCE_API, SOURCE_REGISTRY = "api", "registry"
@@ -178,6 +173,8 @@ def apply_tracked_event(state: Doc, event: Doc) -> None:
     elif name == "unregistered":
         state["registered"] = False
     elif name == "snatched":
+        if data.get("batch") and data["batch"] == state.get("last_batch"):
+            return  # recorded twice (an append retried): counted once
         state["snatches"] += len(data["users"])
         state["last_batch"] = data.get("batch")
 
@@ -203,6 +200,8 @@ def apply_tracker_user_event(state: Doc, event: Doc) -> None:
     elif name == "deleted":
         state["active"] = False  # totals stay: they are history, and a re-registration keeps them
     elif name == "transferred":
+        if data.get("batch") and data["batch"] == state.get("last_batch"):
+            return  # the same summary recorded twice (an append retried): counted once
         state["uploaded"] += data["uploaded"]
         state["downloaded"] += data["downloaded"]
         state["snatches"] += len(data["snatched"])

@@ -41,8 +41,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from app.store.commit import check_none_lost, commit
 from app.store.couch import Database
-from app.store.events import Decision, Doc, check_none_lost, commit
+from app.store.events import Decision, Doc
 from app.tracker.accounts import (
     TRACKED,
     TRACKER_USER,

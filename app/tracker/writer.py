@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.store.couch import CouchError, Database
-from app.store.events import ConcurrencyError
+from app.store.events import ConcurrencyError, unbacked
 from app.timeutil import iso, parse_iso
 from app.tracker.accounts import tracked_doc_id, tracker_user_doc_id
 from app.tracker.activity import (
@@ -89,6 +89,10 @@ class WriteBehind:
             self._changed.add(aggregate)  # rewritten at the first flush, with fresh counters
         aggregates = set(self._open) | set(self._closing)
         states = self.db.get_many(sorted(aggregates)) if aggregates else {}
+        # a projection of a flush that died before its event does not count as
+        # recorded: the tally is kept, and recorded again once that is rolled back
+        for aggregate in unbacked(self.db, states):
+            states.pop(aggregate)
         for tallies in (self._closing, self._open):
             for aggregate, tally in list(tallies.items()):
                 if (states.get(aggregate) or {}).get("last_batch") == tally["batch"]:
