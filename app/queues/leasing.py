@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 LEASED = "leased"
 READY = "ready"
 MAX_ROUNDS = 50  # lease rounds per call: a backstop, rounds normally end on their own
-PAGE_ROWS = 2000  # view rows read at a time when a queue's set runs low
+FIRST_PAGE_ROWS = 500  # the fresh read that starts a queue's set: small, it is in a call
+PAGE_ROWS = 1000  # view rows read at a time (stale=ok) as the set is consumed
+LOW_WATER = 2000  # fewer known ready items than this: read the next page in the background
 CACHED_DOCS = 5000  # per queue, documents kept in memory; beyond that only ids and order
 FEED_ROWS = 2000
 
@@ -114,6 +116,8 @@ class _ReadyQueue:
     docs: dict[str, Doc] = dataclasses.field(default_factory=dict)
     cursor: list[Any] | None = None  # the next view page starts after this key
     exhausted: bool = False  # the view was read to its end
+    page_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    prefetching: bool = False
 
     def upsert(self, place: tuple[int, int], order: Order, doc: Doc | None) -> None:
         doc_id = order[1]
@@ -190,7 +194,8 @@ class QueueLeaser:
                 if queue in self._queues:
                     return self._queues[queue]
                 ready = self._queues[queue] = _ReadyQueue()
-            self._read_page(ready, queue, fresh=True)
+            with ready.page_lock:
+                self._read_page(ready, queue, fresh=True)
         return ready
 
     def _read_page(self, ready: _ReadyQueue, queue: str, *, fresh: bool) -> None:
@@ -199,7 +204,8 @@ class QueueLeaser:
         include_docs gives each row's current document (not the one indexed),
         which costs less than reading the documents later by id.
         """
-        params: dict[str, Any] = {"startkey": [queue], "endkey": [queue, {}], "limit": PAGE_ROWS}
+        limit = FIRST_PAGE_ROWS if fresh else PAGE_ROWS
+        params: dict[str, Any] = {"startkey": [queue], "endkey": [queue, {}], "limit": limit}
         if ready.cursor is not None:
             params.update(startkey=ready.cursor, skip=1)
         if not fresh:
@@ -212,7 +218,7 @@ class QueueLeaser:
                     continue  # the feed knows better than the index
                 ready.upsert(self._place(group, doc_id), (available_at, doc_id), row.get("doc"))
             ready.cursor = rows[-1]["key"] if rows else ready.cursor
-            ready.exhausted = len(rows) < PAGE_ROWS
+            ready.exhausted = len(rows) < limit
 
     def _follow_feed(self) -> None:
         """Apply the read model's changes since the last call to every loaded queue."""
@@ -252,6 +258,9 @@ class QueueLeaser:
                 ids = ready.take_due(wanted, iso(now))
                 cached = {i: ready.docs.pop(i) for i in ids if i in ready.docs}
                 more = len(ids) < wanted and not ready.exhausted
+                low = len(ready.entries) < LOW_WATER and not ready.exhausted
+            if low and not more:
+                self._prefetch(ready, queue)
             missing = [i for i in ids if i not in cached]
             docs = cached | (self.db.get_many(missing) if missing else {})
             taken = [docs[i] for i in ids if is_leasable(docs.get(i), queue, now)]
@@ -260,9 +269,29 @@ class QueueLeaser:
             if not ids and not more:
                 return []
             if more:
-                with self._feed_lock:
-                    self._read_page(ready, queue, fresh=False)
+                with ready.page_lock:  # after a prefetch in progress, if any
+                    if not ready.exhausted:
+                        self._read_page(ready, queue, fresh=False)
         return []
+
+    def _prefetch(self, ready: _ReadyQueue, queue: str) -> None:
+        """Read the next page in the background, so that no call waits for it."""
+        with self._lock:
+            if ready.prefetching:
+                return
+            ready.prefetching = True
+
+        def read_next_page() -> None:
+            try:
+                with ready.page_lock:
+                    if not ready.exhausted:
+                        self._read_page(ready, queue, fresh=False)
+            except Exception:  # a call that runs dry reads the page itself
+                log.warning("reading the next %s candidates failed", queue, exc_info=True)
+            finally:
+                ready.prefetching = False
+
+        threading.Thread(target=read_next_page, name=f"candidates-{queue}", daemon=True).start()
 
     # ---------------------------------------------------------------- recording
 
