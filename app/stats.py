@@ -87,21 +87,33 @@ def store_snapshot(db: Database, snapshot: Doc) -> Doc:
     return snapshot
 
 
-def get_snapshot(db: Database, now: datetime) -> Doc:
-    """The stored snapshot (one GET); computed now only when none exists yet."""
-    return db.get_or_none(SNAPSHOT_ID) or snapshot_stats(db, now)
+def get_snapshot(db: Database, now: datetime, *, stale: bool = False) -> Doc:
+    """The stored snapshot (one GET); computed now only when none exists yet.
+
+    With `stale` (indexes still warming) a missing snapshot is not computed:
+    that would wait for a whole index to build. The scheduler writes one soon.
+    """
+    stored = db.get_or_none(SNAPSHOT_ID)
+    if stored is not None:
+        return stored
+    if stale:
+        return {"_id": SNAPSHOT_ID, "as_of": None, "types": {}, "queues": {}}
+    return snapshot_stats(db, now)
 
 
-def count_leases(db: Database, queue: str, now: datetime) -> dict[str, int]:
+def count_leases(
+    db: Database, queue: str, now: datetime, *, stale: bool = False
+) -> dict[str, int]:
     """Split one queue's outstanding leases at `now` into stale and active.
 
     Stale means expired but not yet reaped (expiry <= now, as the reaper counts
     it); active means not expired. Two small reduces: all of the queue's leases,
     and those up to now; active is the difference.
     """
-    total = _reduced_count(db, startkey=[queue], endkey=[queue, {}])
-    stale = _reduced_count(db, startkey=[queue], endkey=[queue, iso(now)])
-    return {"stale": stale, "active": max(0, total - stale)}
+    fresh = {"stale": "update_after"} if stale else {}  # never wait for a warming index
+    total = _reduced_count(db, startkey=[queue], endkey=[queue, {}], **fresh)
+    expired = _reduced_count(db, startkey=[queue], endkey=[queue, iso(now)], **fresh)
+    return {"stale": expired, "active": max(0, total - expired)}
 
 
 def _reduced_count(db: Database, **params: Any) -> int:
@@ -117,18 +129,19 @@ def queue_counts(snapshot: Doc) -> Counts:
     }
 
 
-def get_stats(db: Database, now: datetime) -> dict[str, Any]:
+def get_stats(db: Database, now: datetime, *, stale: bool = False) -> dict[str, Any]:
     """The public figures: the original's three lines, per-queue counts, and `as_of`.
 
     `albums`, `requests` and `queues` are as of the snapshot (`as_of`);
-    `dispatches` (metadata leases) is live at `now`.
+    `dispatches` (metadata leases) is live at `now`, or with `stale` (indexes
+    still warming) as of the index, so that /stats never waits for one.
     """
-    snapshot = get_snapshot(db, now)
+    snapshot = get_snapshot(db, now, stale=stale)
     types = snapshot.get("types") or {}
     tasks = types.get("dltask") or {}
     return {
         "albums": sum((types.get("album") or {}).values()),
-        "dispatches": count_leases(db, METADATA_QUEUE, now),
+        "dispatches": count_leases(db, METADATA_QUEUE, now, stale=stale),
         "requests": {"filled": tasks.get(DONE, 0), "total": sum(tasks.values())},
         "queues": queue_counts(snapshot),
         "as_of": snapshot["as_of"],

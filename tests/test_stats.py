@@ -174,3 +174,21 @@ def test_text_format_is_the_html_body_lines(client, db, clock):
         "Requests: 0/0 filled",
         f"As of: {iso(clock())}",
     ]
+
+
+def test_while_indexes_warm_stats_answers_from_what_is_there(client, db, worker, clock):
+    """/stats must never wait for an index to build: while `distleech run` warms
+    them it counts nothing afresh and says the indexes are warming."""
+    make_albums(db, 3, now=clock())
+    client.get("/metadata/2", headers=worker)
+    warming = {"state": "warming", "warm": 2, "total": 13, "current": "main/queues/ready"}
+    db.put({"_id": "_local/warming", **warming, "at": "2026-01-01T12:00:00Z"})
+    body = client.get("/stats?format=json").get_json()
+    assert body["indexes"]["state"] == "warming"
+    assert body["as_of"] is None and body["albums"] == 0  # no snapshot computed meanwhile
+    assert db.get_or_none(SNAPSHOT_ID) is None
+    assert "Indexes: warming, 2 of 13 warm" in client.get("/stats?format=text").get_data(True)
+    # once warm, the figures are counted again
+    db.put({**db.get("_local/warming"), "state": "warm", "warm": 13})
+    body = client.get("/stats?format=json").get_json()
+    assert body["albums"] == 3 and body["dispatches"] == {"stale": 0, "active": 2}

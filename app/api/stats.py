@@ -64,8 +64,9 @@ def show_stats() -> Response:
     """
     ctx = context()
     fmt = wanted_format(request)
-    figures = stats.get_stats(ctx.db, ctx.clock())
     indexes = get_warming_state(ctx.db)
+    warming = bool(indexes and indexes.get("state") == "warming")
+    figures = stats.get_stats(ctx.db, ctx.clock(), stale=warming)
     if fmt == "json":
         response = jsonify({**figures, "indexes": indexes})
     elif fmt == "text":
