@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from factories import (
@@ -232,15 +232,19 @@ def test_a_submission_that_keeps_losing_its_race_is_not_reported_accepted(db, cl
 
 
 def crash_before_the_log(monkeypatch, *, process_dies=True):
-    """Make the next commits fail after their projections, before their event; with
-    process_dies the process is gone too, so it cannot put the projections back."""
+    """Make the next commits fail after their projections, before their event: the
+    process dies there (it cannot put the projections back), or, without
+    process_dies, the log refuses the event (and the process puts them back)."""
 
     def crash(db, event):
-        raise ConnectionError("the log could not be reached")
+        if not process_dies:
+            raise events.EventRefusedError("refused")
+        raise ConnectionError("the process died here")
 
     monkeypatch.setattr(events, "append_event", crash)
     if process_dies:
         monkeypatch.setattr(store_commit, "_undo_claims", lambda *args: None)
+    monkeypatch.setattr(store_commit.time, "sleep", lambda seconds: None)
 
 
 def test_a_command_whose_event_is_refused_puts_its_projections_back(
@@ -249,7 +253,7 @@ def test_a_command_whose_event_is_refused_puts_its_projections_back(
     ids = make_albums(db, 3, now=clock())
     crash_before_the_log(monkeypatch, process_dies=False)
     assert client.get("/metadata/2", headers=worker).status_code >= 500  # never "ok"
-    with pytest.raises(ConnectionError):
+    with pytest.raises(events.EventRefusedError):
         make_albums(db, 2, now=clock(), title="New {i}")
     monkeypatch.undo()
     assert {get_album(db, i)["state"] for i in ids} == {"ready"}  # at once, no grace
@@ -443,6 +447,13 @@ def test_rebuild_on_a_running_store_keeps_what_was_committed_meanwhile(db, clock
     assert QueueLeaser(db).lease("metadata", "B", 1, clock(), timedelta(hours=1), "B") == []
 
 
+def age_projections(db, prefix, *, minutes):
+    """Backdate the write time of projections, as if `minutes` had passed since."""
+    then = iso(datetime.now(UTC) - timedelta(minutes=minutes))
+    docs = [dict(doc, written_at=then) for doc in db.iter_prefix(prefix)]
+    assert all(r.ok for r in db.bulk_docs(docs))
+
+
 def test_an_import_run_again_at_once_after_a_crash_loses_nothing(db, clock, monkeypatch):
     """The re-run must not take the dead import's phantoms for stored albums: it is told
     to try again while they may still be in flight, and then adds every album."""
@@ -452,7 +463,7 @@ def test_an_import_run_again_at_once_after_a_crash_loses_nothing(db, clock, monk
     monkeypatch.undo()
     with pytest.raises(ConcurrencyError):
         make_albums(db, 3, now=clock())  # at once: the phantoms are younger than the grace
-    monkeypatch.setattr(events, "GRACE_SECONDS", 0.0)  # as if the grace ran out
+    age_projections(db, "album:", minutes=10)  # as if the grace ran out
     ids = make_albums(db, 3, now=clock())
     assert [get_album(db, i)["version"] for i in ids] == [1, 1, 1]
     assert repair_phantoms(db, grace_seconds=0) == 0  # nothing left to roll back
@@ -500,3 +511,18 @@ def test_a_refused_append_after_a_lost_race_keeps_the_rivals_fact(db, clock, mon
     assert get_album(db, album)["lease"]["holder"] == "R"
     assert QueueLeaser(db).lease("metadata", "S", 1, clock(), timedelta(hours=1), "S") == []
     assert rebuild_projections(db, check_only=True).differing == []
+
+
+def test_albums_of_an_import_that_died_are_not_leased(db, clock, monkeypatch):
+    """A lease on top of an unrecorded import would put a lease of an album the log
+    never had into the log: the lease path checks what was written moments ago."""
+    crash_before_the_log(monkeypatch)
+    with pytest.raises(ConnectionError):
+        make_albums(db, 3, now=clock())
+    monkeypatch.undo()
+    assert QueueLeaser(db).lease("metadata", "w", 5, clock(), timedelta(hours=1), "w") == []
+    assert all_changes(db) == []
+    assert repair_phantoms(db, grace_seconds=0) == 3
+    ids = make_albums(db, 3, now=clock())
+    leased = QueueLeaser(db).lease("metadata", "w", 5, clock(), timedelta(hours=1), "w")
+    assert sorted(d["id"] for d in leased) == sorted(ids)

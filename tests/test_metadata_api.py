@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import zlib
+from datetime import timedelta
 
 import pytest
 from conftest import token_header
 from factories import PTH, db_snapshot, event_ids, get_album, ids_of, make_albums
 
 from app.accounts.auth import issue_token
+from app.queues import leasing
 from app.queues.albums import album_doc_id, lease_albums, submit_metadata
 from app.queues.downloads import task_doc_id
 from app.queues.leasing import QueueLeaser, reap_expired_leases
@@ -424,3 +426,40 @@ def test_unknown_routes_and_methods_answer_json(
     assert response.is_json
     assert response.get_json()["error"] == code
     unchanged()
+
+
+def test_a_page_whose_last_row_was_leased_elsewhere_loses_no_album(db, clock, monkeypatch):
+    """The next page starts at the last row read; if that album left the index
+    meanwhile, the page must not skip the one after it."""
+    monkeypatch.setattr(leasing, "FIRST_PAGE_ROWS", 2)
+    monkeypatch.setattr(leasing, "PAGE_ROWS", 2)
+    monkeypatch.setattr(leasing, "LOW_WATER", 0)  # no background reads: pages in the call
+    ids = make_albums(db, 6, now=clock())
+    here, there = QueueLeaser(db), QueueLeaser(db)
+    [first] = lease_albums(here, "h", 1, clock(), 60)  # reads the first page: 2 rows
+    cursor_album = here._queues["metadata"].cursor[-1]
+    other = submit_and_take(there, db, cursor_album, clock)
+    db.view("queues", "ready", limit=0)  # the index is brought up to date (say, by the reaper)
+    rest = ids_of(lease_albums(here, "h", 10, clock(), 60))
+    assert sorted([first["id"], other, *rest]) == sorted(ids)
+
+
+def submit_and_take(leaser, db, doc_id, clock):
+    """Lease exactly `doc_id` through another process's leaser; return its album id."""
+    leased = []
+    while doc_id not in [d["_id"] for d in leased]:
+        leased += leaser.lease("metadata", "t", 1, clock(), timedelta(hours=1), "t")
+    for doc in leased:
+        if doc["_id"] != doc_id:
+            submit_metadata(db, {doc["id"]: []}, holder="t", now=clock(), retry_minutes=600)
+    return db.get(doc_id)["id"]
+
+
+def test_candidates_leased_elsewhere_do_not_pile_up_in_memory():
+    ready = leasing._ReadyQueue()
+    for round_ in range(200):
+        for i in range(100):
+            doc_id = f"album:{round_}:{i}"
+            ready.upsert((0, 1), ("2026-01-01", doc_id), None)
+            ready.discard(doc_id)  # leased by another process before this one got to it
+    assert sum(len(heap) for heap in ready.heaps.values()) <= 1000

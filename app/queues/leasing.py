@@ -42,7 +42,7 @@ from typing import Any
 
 from app.store.commit import commit
 from app.store.couch import Database
-from app.store.events import Doc
+from app.store.events import Doc, is_settled, unbacked
 from app.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -118,18 +118,36 @@ class _ReadyQueue:
     exhausted: bool = False  # the view was read to its end
     page_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     prefetching: bool = False
+    in_flight: set[str] = dataclasses.field(default_factory=set)  # taken, being recorded
+    pushed: int = 0  # heap entries, live or stale
 
     def upsert(self, place: tuple[int, int], order: Order, doc: Doc | None) -> None:
         doc_id = order[1]
+        if doc_id in self.in_flight:
+            return  # a call is recording it: a change read meanwhile must not offer it again
         if self.entries.get(doc_id) != (place, order):
+            self.pushed += 1
             self.entries[doc_id] = (place, order)
             heapq.heappush(self.heaps.setdefault(place, []), order)
         if doc is not None and (doc_id in self.docs or len(self.docs) < CACHED_DOCS):
             self.docs[doc_id] = doc
 
+        if self.pushed > 2 * len(self.entries) + 1000:
+            self._compact()
+
     def discard(self, doc_id: str) -> None:
         self.entries.pop(doc_id, None)  # its heap entry is skipped when it surfaces
         self.docs.pop(doc_id, None)
+
+    def _compact(self) -> None:
+        """Rebuild the heaps from the live entries: items leased elsewhere leave stale
+        heap entries behind, and a heap this process rarely reaches would keep them."""
+        heaps: dict[tuple[int, int], list[Order]] = {}
+        for place, order in self.entries.values():
+            heaps.setdefault(place, []).append(order)
+        for heap in heaps.values():
+            heapq.heapify(heap)
+        self.heaps, self.pushed = heaps, len(self.entries)
 
     def take_due(self, wanted: int, now_iso: str) -> list[str]:
         """Up to `wanted` due ids: never-tried before retries, own slot before others."""
@@ -146,6 +164,8 @@ class _ReadyQueue:
                 heapq.heappop(heap)
                 del self.entries[doc_id]
                 taken.append(doc_id)
+        self.pushed -= len(taken)
+        self.in_flight.update(taken)
         return taken
 
 
@@ -173,7 +193,17 @@ class QueueLeaser:
                 break
             batch = self._take(ready, queue, rows - len(leased), now)
             if batch:
-                leased.extend(self._record(batch, queue, holder, now, duration, actor))
+                try:
+                    leased.extend(self._record(batch, queue, holder, now, duration, actor))
+                except Exception:
+                    if not leased:
+                        raise
+                    # earlier rounds are recorded: the caller holds them, so say so
+                    log.warning("a lease round failed; answering the %d leased", len(leased))
+                    break
+                finally:
+                    with self._lock:
+                        ready.in_flight.difference_update(doc["_id"] for doc in batch)
                 caught_up = False
             elif not caught_up:
                 self._follow_feed()  # others may have returned work meanwhile
@@ -189,28 +219,28 @@ class QueueLeaser:
             ready = self._queues.get(queue)
         if ready is not None:
             return ready
-        with self._feed_lock:  # the feed position must be taken before the first read
+        with self._feed_lock:  # no change is applied between the feed position and this read
             with self._lock:
                 if queue in self._queues:
                     return self._queues[queue]
-                ready = self._queues[queue] = _ReadyQueue()
-            with ready.page_lock:
-                self._read_page(ready, queue, fresh=True)
+            ready = _ReadyQueue()
+            self._read_page(ready, queue, fresh=True)  # raises: nothing is published
+            with self._lock:
+                self._queues[queue] = ready
         return ready
 
     def _read_page(self, ready: _ReadyQueue, queue: str, *, fresh: bool) -> None:
-        """Read the next page of the ready view into the set (fresh only for the first).
+        """Read the next page of the ready view into the set (the first one fresh).
 
         include_docs gives each row's current document (not the one indexed),
         which costs less than reading the documents later by id.
         """
         limit = FIRST_PAGE_ROWS if fresh else PAGE_ROWS
-        params: dict[str, Any] = {"startkey": [queue], "endkey": [queue, {}], "limit": limit}
-        if ready.cursor is not None:
-            params.update(startkey=ready.cursor, skip=1)
-        if not fresh:
-            params["stale"] = "ok"  # the feed covers what the index does not show yet
-        rows = self.db.view("queues", "ready", reduce=False, include_docs=True, **params)
+        rows = self._view_page(ready.cursor, queue, limit, fresh=fresh)
+        if not fresh and len(rows) < limit:
+            # A short stale page may be an index that lags or is being rebuilt:
+            # only a current index may say the view is read to its end.
+            rows = self._view_page(ready.cursor, queue, limit, fresh=True)
         with self._lock:
             for row in rows:
                 _, group, available_at, doc_id = row["key"]
@@ -219,6 +249,18 @@ class QueueLeaser:
                 ready.upsert(self._place(group, doc_id), (available_at, doc_id), row.get("doc"))
             ready.cursor = rows[-1]["key"] if rows else ready.cursor
             ready.exhausted = len(rows) < limit
+
+    def _view_page(
+        self, cursor: list[Any] | None, queue: str, limit: int, *, fresh: bool
+    ) -> list[Doc]:
+        """Up to `limit` rows after `cursor`. The cursor row itself may have left the
+        index (leased meanwhile), so it is asked for and dropped, never skipped blindly."""
+        params: dict[str, Any] = {"startkey": cursor or [queue], "endkey": [queue, {}]}
+        params["limit"] = limit + (cursor is not None)
+        if not fresh:
+            params["stale"] = "ok"  # the feed covers what the index does not show yet
+        rows = self.db.view("queues", "ready", reduce=False, include_docs=True, **params)
+        return [row for row in rows if row["key"] != cursor][:limit]
 
     def _follow_feed(self) -> None:
         """Apply the read model's changes since the last call to every loaded queue."""
@@ -262,8 +304,13 @@ class QueueLeaser:
             if low and not more:
                 self._prefetch(ready, queue)
             missing = [i for i in ids if i not in cached]
-            docs = cached | (self.db.get_many(missing) if missing else {})
-            taken = [docs[i] for i in ids if is_leasable(docs.get(i), queue, now)]
+            docs = dict(cached)
+            try:
+                docs |= self.db.get_many(missing) if missing else {}
+            finally:
+                taken = [docs[i] for i in ids if is_leasable(docs.get(i), queue, now)]
+                with self._lock:  # only what goes on to be recorded stays in flight
+                    ready.in_flight.difference_update(set(ids) - {d["_id"] for d in taken})
             if taken:
                 return taken
             if not ids and not more:
@@ -304,6 +351,12 @@ class QueueLeaser:
         duration: timedelta,
         actor: str,
     ) -> list[Doc]:
+        # An album written moments ago may be a phantom of an import that died
+        # before its event (or one still in flight): leasing it would put a lease
+        # in the log on top of a fact that is not there. Those few are checked.
+        young = {doc["_id"]: doc for doc in batch if not is_settled(doc)}
+        phantoms = unbacked(self.db, young) if young else set()
+        batch = [doc for doc in batch if doc["_id"] not in phantoms]
         decide = lease_decision(queue, holder, now + duration, now)
         # The hot path skips confirming states against the log: a lease decides
         # only on ready states, and a ready phantom (a reaper or a not-found that

@@ -20,10 +20,10 @@ from app.store.events import (
     ConcurrencyError,
     Decision,
     Doc,
+    EventExistsError,
     EventRefusedError,
     apply_event,
     changes_of,
-    event_log,
     is_settled,
     new_event_id,
     site_of,
@@ -74,8 +74,9 @@ def commit(
     known = dict(states or {})
     missing = [agg for agg, _ in decisions if agg not in known]
     known.update(db.get_many(missing))
-    if not trust_states:
-        known = confirm_states(db, known)
+    in_flight: set[str] = set()
+    if not trust_states:  # only what is decided on; a state in flight elsewhere loses its race
+        known, in_flight = _confirmed(db, known, {agg for agg, _ in decisions})
     before = dict(known)  # what a failed append puts back
     site = site_of(db)
     event: Doc = {
@@ -87,8 +88,9 @@ def commit(
         "site": site,
         "changes": [],
     }
-    outcomes: dict[str, Outcome] = {}
-    pending = list(decisions)
+    outcomes = {agg: Outcome(agg, False, known.get(agg), lost_race=True) for agg in in_flight}
+    pending = [(agg, decide) for agg, decide in decisions if agg not in in_flight]
+    claimed_at = time.monotonic()
     for attempt in range(retry_lost + 1):
         lost = _claim(db, pending, known, event, outcomes)
         if not lost:
@@ -99,31 +101,48 @@ def commit(
             break
         fresh = db.get_many(agg for agg, _ in lost)
         if not trust_states:
-            fresh = confirm_states(db, fresh)
+            fresh, _ = _confirmed(db, fresh, set(fresh), wait=False)
         for agg, _ in lost:
             known[agg] = before[agg] = fresh.get(agg) or {}
         pending = lost
     if event["changes"]:
-        try:
-            events.append_event(db, event)  # looked up at call time: tests stand in for it
-        except Exception as exc:
-            if isinstance(exc, EventRefusedError) or not _appended_after_all(db, event):
-                _undo_claims(db, event, before, known)
-                raise
+        _append_or_undo(db, event, before, known, claimed_at)
     return [outcomes[agg] for agg, _ in decisions]
 
 
-def _appended_after_all(db: Database, event: Doc) -> bool:
-    """After a failed append: is the event in the log anyway (the answer was lost)?
+def _append_or_undo(
+    db: Database, event: Doc, before: dict[str, Doc], known: dict[str, Doc], claimed_at: float
+) -> None:
+    """Append the event; put the projections back only when it is certainly not in the log.
 
-    Raises when that cannot be told either: then nothing is undone, and the
-    projector decides later, from the log, whether the projections stand.
+    A claim older than half the grace period is not appended: the projector
+    may take it for a phantom any moment, and roll it back under a caller
+    who was told "ok" (a process that paused for minutes). A failed send is
+    sent again under the same id: "exists" then means the first one landed.
+    When even that cannot be told, nothing is undone: the projector decides
+    from the log after the grace period.
     """
-    try:
-        return event_log(db).get_or_none(event["_id"]) is not None
-    except Exception:
-        log.warning("cannot tell whether %s reached the log; the projector will", event["_id"])
-        raise
+    if time.monotonic() - claimed_at > events.GRACE_SECONDS / 2:
+        _undo_claims(db, event, before, known)
+        raise ConcurrencyError("this command took too long to be recorded; try again")
+    for attempt in range(3):
+        try:
+            events.append_event(db, event)  # looked up at call time: tests stand in for it
+            return
+        except EventExistsError:
+            if attempt:
+                return  # an earlier send of this very event was written
+            raise  # the first send: a random id that exists is a bug, not a retry
+        except EventRefusedError:
+            _undo_claims(db, event, before, known)
+            raise
+        except Exception:
+            if attempt == 2:
+                log.warning(
+                    "cannot tell whether %s reached the log; the projector will", event["_id"]
+                )
+                raise
+            time.sleep(0.1 * 2**attempt)
 
 
 def _undo_claims(db: Database, event: Doc, before: dict[str, Doc], known: dict[str, Doc]) -> None:
@@ -150,6 +169,16 @@ def _undo_claims(db: Database, event: Doc, before: dict[str, Doc], known: dict[s
 
 
 def confirm_states(db: Database, states: dict[str, Doc]) -> dict[str, Doc]:
+    """States backed by the log (see _confirmed); ConcurrencyError if one is in flight."""
+    confirmed, in_flight = _confirmed(db, states, set(states))
+    if in_flight:
+        raise ConcurrencyError(f"an earlier change to {min(in_flight)} is still being recorded")
+    return confirmed
+
+
+def _confirmed(
+    db: Database, states: dict[str, Doc], wanted: set[str], *, wait: bool = True
+) -> tuple[dict[str, Doc], set[str]]:
     """Make sure every state read is backed by the log before deciding on it.
 
     A projection whose `last_event` is missing from the log is a phantom of a
@@ -157,23 +186,23 @@ def confirm_states(db: Database, states: dict[str, Doc]) -> dict[str, Doc]:
     it would build on a fact that may never exist: an import re-run would
     call its albums "already present" and the rollback would then lose them.
     An old phantom is rolled back here first; a young one may still be in
-    flight, so after a short wait the caller is told to try again
-    (ConcurrencyError).
+    flight: after a short wait (`wait`) it is returned among the aggregates
+    in flight, for the caller to treat as a lost race. Only the states of
+    `wanted` aggregates are checked.
     """
-    suspects = unbacked(db, states)
-    for attempt in range(3):
+    suspects = unbacked(db, {agg: states[agg] for agg in wanted if agg in states})
+    for attempt in range(3 if wait else 0):
         if not suspects:
-            return states
+            break
         time.sleep(0.02 * 2**attempt)  # a commit in flight appends within milliseconds
         suspects = unbacked(db, {agg: states[agg] for agg in suspects})
-    if not suspects:
-        return states
-    confirmed = dict(states)
+    confirmed, in_flight = dict(states), set()
     for agg in sorted(suspects):
         if not is_settled(states[agg]):
-            raise ConcurrencyError(f"an earlier change to {agg} is still being recorded")
-        confirmed[agg] = repair_projection(db, agg) or {}
-    return confirmed
+            in_flight.add(agg)
+        else:
+            confirmed[agg] = repair_projection(db, agg) or {}
+    return confirmed, in_flight
 
 
 def _claim(

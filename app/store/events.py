@@ -67,6 +67,10 @@ class EventRefusedError(Exception):
     """The event log refused an event (a bug, or a validator out of date)."""
 
 
+class EventExistsError(EventRefusedError):
+    """The event's id is in the log already: an earlier send of it was written."""
+
+
 def register_projector(aggregate_type: str, func: Projector) -> None:
     """Register the function that applies one change to a state of this aggregate type.
 
@@ -204,8 +208,14 @@ def append_event(db: Database, event: Doc) -> None:
         names = sorted({change["name"] for change in event["changes"]})
         event["name"] = names[0] if len(names) == 1 else "+".join(names)
     [result] = event_log(db).bulk_docs([event])
-    if not result.ok:
-        raise EventRefusedError(f"event {event['_id']} refused: {result.error} {result.reason}")
+    if result.ok:
+        return
+    reason = f"event {event['_id']} refused: {result.error} {result.reason}"
+    # CouchDB answers an existing id with a conflict; pouchdb-server runs the
+    # log's validator first, which refuses it with reason "event_immutable…".
+    if result.error == "conflict" or (result.reason or "").startswith("event_immutable"):
+        raise EventExistsError(reason)
+    raise EventRefusedError(reason)
 
 
 def read_events(db: Database, aggregate_id: str, after_version: int = 0) -> list[Doc]:

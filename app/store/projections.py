@@ -99,13 +99,14 @@ def catch_up_projections(db: Database, *, limit: int = 500, max_rounds: int = 10
     """Follow the log's _changes from a checkpoint; refold projections that miss a change.
 
     Returns how many projections were repaired. An aggregate with a commit in
-    flight stops the run before its page: the checkpoint stays, the next run
-    reads that page again.
+    flight is not touched: it is kept in the checkpoint (`deferred`) and tried
+    again at the start of the next run, while the run goes on with the rest.
     """
     events = event_log(db)
     own_site = site_of(db)
     checkpoint = db.get_or_none(LOG_CHECKPOINT_ID) or {"_id": LOG_CHECKPOINT_ID, "seq": 0}
-    repaired = 0
+    deferred: set[str] = set()
+    repaired = _retry_deferred(db, checkpoint.get("deferred") or [], deferred)
     for _ in range(max_rounds):
         feed = events.changes(since=checkpoint["seq"], limit=limit, include_docs=True)
         needed: dict[str, int] = {}
@@ -125,15 +126,9 @@ def catch_up_projections(db: Database, *, limit: int = 500, max_rounds: int = 10
             stored |= db.get_many(ids[start : start + 1000])
         for agg, version in needed.items():
             if agg in foreign or stored.get(agg, {}).get("version", 0) < version:
-                before = stored.get(agg)
-                try:
-                    after = repair_projection(db, agg)
-                except InFlightError:
-                    log.info("projector: %s has a commit in flight; next run", agg)
-                    return repaired
-                if comparable(after) != comparable(before):
-                    repaired += 1
+                repaired += _repair_or_defer(db, agg, stored.get(agg), deferred)
         checkpoint["seq"] = feed["last_seq"]
+        checkpoint["deferred"] = sorted(deferred)
         try:
             db.put(checkpoint)
         except DocumentConflictError:
@@ -141,6 +136,22 @@ def catch_up_projections(db: Database, *, limit: int = 500, max_rounds: int = 10
         if len(feed["results"]) < limit:
             break
     return repaired
+
+
+def _repair_or_defer(db: Database, agg: str, before: Doc | None, deferred: set[str]) -> int:
+    """Repair one projection; 1 if it changed. One with a commit in flight is deferred."""
+    try:
+        after = repair_projection(db, agg)
+    except InFlightError:
+        log.info("projector: %s has a commit in flight; it is tried again next run", agg)
+        deferred.add(agg)
+        return 0
+    return int(comparable(after) != comparable(before))
+
+
+def _retry_deferred(db: Database, aggregates: list[str], deferred: set[str]) -> int:
+    stored = db.get_many(aggregates) if aggregates else {}
+    return sum(_repair_or_defer(db, agg, stored.get(agg), deferred) for agg in aggregates)
 
 
 def repair_phantoms(db: Database, *, grace_seconds: float | None = None, limit: int = 500) -> int:
@@ -280,6 +291,7 @@ def _rebuild_chunk(
         if result.ok:
             report.written += 1
         else:  # someone wrote it meanwhile: fold again from the log, and say so
+            report.differing.remove(doc["_id"])  # _refold_one says whether it still differs
             _refold_one(db, doc["_id"], None, report, check_only)
             report.conflicts_repaired += 1
 
