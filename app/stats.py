@@ -101,9 +101,7 @@ def get_snapshot(db: Database, now: datetime, *, stale: bool = False) -> Doc:
     return snapshot_stats(db, now)
 
 
-def count_leases(
-    db: Database, queue: str, now: datetime, *, stale: bool = False
-) -> dict[str, int]:
+def count_leases(db: Database, queue: str, now: datetime, *, stale: bool = False) -> dict[str, int]:
     """Split one queue's outstanding leases at `now` into stale and active.
 
     Stale means expired but not yet reaped (expiry <= now, as the reaper counts
