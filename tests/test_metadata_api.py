@@ -433,7 +433,7 @@ def test_a_page_whose_last_row_was_leased_elsewhere_loses_no_album(db, clock, mo
     meanwhile, the page must not skip the one after it."""
     monkeypatch.setattr(leasing, "FIRST_PAGE_ROWS", 2)
     monkeypatch.setattr(leasing, "PAGE_ROWS", 2)
-    monkeypatch.setattr(leasing, "LOW_WATER", 0)  # no background reads: pages in the call
+    monkeypatch.setattr(QueueLeaser, "_prefetch", lambda *args: None)  # pages in the call
     ids = make_albums(db, 6, now=clock())
     here, there = QueueLeaser(db), QueueLeaser(db)
     [first] = lease_albums(here, "h", 1, clock(), 60)  # reads the first page: 2 rows

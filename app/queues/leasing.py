@@ -31,12 +31,15 @@ others', so they work on distinct items until a queue runs low.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import heapq
 import logging
 import threading
+import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -50,9 +53,9 @@ log = logging.getLogger(__name__)
 LEASED = "leased"
 READY = "ready"
 MAX_ROUNDS = 50  # lease rounds per call: a backstop, rounds normally end on their own
-FIRST_PAGE_ROWS = 500  # the fresh read that starts a queue's set: small, it is in a call
-PAGE_ROWS = 1000  # view rows read at a time (stale=ok) as the set is consumed
-LOW_WATER = 2000  # fewer known ready items than this: read the next page in the background
+FIRST_PAGE_ROWS = 2000  # the fresh read that starts a queue's set, with documents
+PAGE_ROWS = 2000  # view rows read at a time (stale=ok, ids only) as the set is consumed
+LOW_WATER = 4000  # fewer known ready items than this: read the next page in the background
 CACHED_DOCS = 5000  # per queue, documents kept in memory; beyond that only ids and order
 FEED_ROWS = 2000
 
@@ -69,6 +72,11 @@ def is_leasable(state: Doc | None, queue: str, now: datetime) -> bool:
         and state.get("queue") == queue
         and state.get("available_at", "") <= iso(now)
     )
+
+
+def is_ready_in(doc: Doc | None, queue: str) -> bool:
+    """Ready in this queue, whenever it is due."""
+    return doc is not None and doc.get("state") == READY and doc.get("queue") == queue
 
 
 def apply_lease_event(state: Doc, event: Doc) -> bool:
@@ -119,6 +127,12 @@ class _ReadyQueue:
     page_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     prefetching: bool = False
     in_flight: set[str] = dataclasses.field(default_factory=set)  # taken, being recorded
+    index_rev: str = ""  # the queues design document the first read used
+    # Items the feed saw leave the ready state since the set started. A row of
+    # the (stale) index that is neither here nor among the entries has not
+    # changed since the first read, so it is still ready: pages need no documents.
+    gone: set[str] = dataclasses.field(default_factory=set)
+    pages: int = 0  # pages read so far: a call that waited for one need not read another
     pushed: int = 0  # heap entries, live or stale
 
     def upsert(self, place: tuple[int, int], order: Order, doc: Doc | None) -> None:
@@ -169,6 +183,31 @@ class _ReadyQueue:
         return taken
 
 
+class _PhaseTimer:
+    """Where a slow lease call spent its time, for the log (an operator's first question)."""
+
+    SLOW_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.spent: dict[str, float] = collections.defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.spent[phase] += time.monotonic() - started
+
+    def report_if_slow(self, what: str) -> None:
+        total = time.monotonic() - self.began
+        if total >= self.SLOW_SECONDS:
+            ranked = sorted(self.spent.items(), key=lambda kv: -kv[1])
+            phases = ", ".join(f"{name} {secs:.2f} s" for name, secs in ranked)
+            log.warning("slow %s: %.2f s (%s)", what, total, phases)
+
+
 class QueueLeaser:
     """Hands out ready work of one read model to concurrent lease calls, fairly."""
 
@@ -184,17 +223,23 @@ class QueueLeaser:
         self, queue: str, holder: str, rows: int, now: datetime, duration: timedelta, actor: str
     ) -> list[Doc]:
         """Lease up to `rows` ready items of `queue` to `holder`; return their projections."""
-        self._follow_feed()
-        ready = self._ready_queue(queue)
+        timer = _PhaseTimer()
+        with timer("feed"):
+            self._follow_feed()
+        with timer("load"):
+            ready = self._ready_queue(queue)
         leased: list[Doc] = []
         caught_up = True
         for _ in range(MAX_ROUNDS):
             if len(leased) >= rows:
                 break
-            batch = self._take(ready, queue, rows - len(leased), now)
+            with timer("take"):
+                batch = self._take(ready, queue, rows - len(leased), now)
             if batch:
                 try:
-                    leased.extend(self._record(batch, queue, holder, now, duration, actor))
+                    with timer("record"):
+                        recorded = self._record(batch, queue, holder, now, duration, actor)
+                    leased.extend(recorded)
                 except Exception:
                     if not leased:
                         raise
@@ -204,12 +249,17 @@ class QueueLeaser:
                 finally:
                     with self._lock:
                         ready.in_flight.difference_update(doc["_id"] for doc in batch)
+                        ready.gone.update(doc["_id"] for doc in leased)
+                if leased and len(recorded) < len(batch) // 2:
+                    break  # another process chases the same items: answer what we have
                 caught_up = False
             elif not caught_up:
-                self._follow_feed()  # others may have returned work meanwhile
+                with timer("feed"):
+                    self._follow_feed()  # others may have returned work meanwhile
                 caught_up = True
             else:
                 break
+        timer.report_if_slow(f"lease of {len(leased)} from {queue}")
         return leased
 
     # ---------------------------------------------------------------- candidates
@@ -227,6 +277,8 @@ class QueueLeaser:
             self._read_page(ready, queue, fresh=True)  # raises: nothing is published
             with self._lock:
                 self._queues[queue] = ready
+        if not ready.exhausted:
+            self._prefetch(ready, queue)  # the next page, before the calls waiting now need it
         return ready
 
     def _read_page(self, ready: _ReadyQueue, queue: str, *, fresh: bool) -> None:
@@ -236,19 +288,32 @@ class QueueLeaser:
         which costs less than reading the documents later by id.
         """
         limit = FIRST_PAGE_ROWS if fresh else PAGE_ROWS
+        if fresh:
+            ready.index_rev = self._index_rev()
         rows = self._view_page(ready.cursor, queue, limit, fresh=fresh)
-        if not fresh and len(rows) < limit:
-            # A short stale page may be an index that lags or is being rebuilt:
-            # only a current index may say the view is read to its end.
+        if not fresh and len(rows) < limit and self._index_rev() != ready.index_rev:
+            # The index was rebuilt since the first (fresh) read (its design
+            # document changed): a stale page of a half-built index proves
+            # nothing, so this one is read fresh. Otherwise the index is at
+            # least as new as that first read and the feed has the rest, and a
+            # short page is the end; a fresh read here would index every
+            # album leased since, tens of seconds on the bundled server.
+            ready.index_rev = self._index_rev()
             rows = self._view_page(ready.cursor, queue, limit, fresh=True)
         with self._lock:
             for row in rows:
                 _, group, available_at, doc_id = row["key"]
-                if doc_id in ready.entries or doc_id in ready.docs:
+                if doc_id in ready.entries or doc_id in ready.gone or doc_id in ready.in_flight:
                     continue  # the feed knows better than the index
+                if "doc" in row and not is_ready_in(row["doc"], queue):
+                    continue  # leased since it was indexed: the current document says so
                 ready.upsert(self._place(group, doc_id), (available_at, doc_id), row.get("doc"))
             ready.cursor = rows[-1]["key"] if rows else ready.cursor
             ready.exhausted = len(rows) < limit
+            ready.pages += 1
+
+    def _index_rev(self) -> str:
+        return str(self.db.get("_design/queues")["_rev"])
 
     def _view_page(
         self, cursor: list[Any] | None, queue: str, limit: int, *, fresh: bool
@@ -259,7 +324,9 @@ class QueueLeaser:
         params["limit"] = limit + (cursor is not None)
         if not fresh:
             params["stale"] = "ok"  # the feed covers what the index does not show yet
-        rows = self.db.view("queues", "ready", reduce=False, include_docs=True, **params)
+        # Only the first page brings documents (the first calls need them at once);
+        # later ones are read by id when taken, fewer than the rows walked.
+        rows = self.db.view("queues", "ready", reduce=False, include_docs=fresh, **params)
         return [row for row in rows if row["key"] != cursor][:limit]
 
     def _follow_feed(self) -> None:
@@ -283,8 +350,11 @@ class QueueLeaser:
         if ready is not None and doc.get("state") == READY and not doc.get("_deleted"):
             group = doc.get("queue_group", 0)
             place = self._place(group, doc_id)
+            ready.gone.discard(doc_id)
             ready.upsert(place, (doc.get("available_at", ""), doc_id), doc)
             return
+        if ready is not None:
+            ready.gone.add(doc_id)  # a stale index row of it must not bring it back
         for other in self._queues.values():
             if doc_id in other.entries or doc_id in other.docs:
                 other.discard(doc_id)
@@ -316,8 +386,9 @@ class QueueLeaser:
             if not ids and not more:
                 return []
             if more:
+                pages = ready.pages
                 with ready.page_lock:  # after a prefetch in progress, if any
-                    if not ready.exhausted:
+                    if not ready.exhausted and ready.pages == pages:
                         self._read_page(ready, queue, fresh=False)
         return []
 
