@@ -18,7 +18,7 @@ from typing import Any
 
 from app.queues.albums import QUEUE as METADATA_QUEUE
 from app.queues.downloads import DONE
-from app.store.couch import Database, DocumentConflictError
+from app.store.couch import CouchUnavailableError, Database, DocumentConflictError
 from app.store.events import Doc
 from app.timeutil import iso
 
@@ -101,6 +101,9 @@ def get_snapshot(db: Database, now: datetime, *, stale: bool = False) -> Doc:
     return snapshot_stats(db, now)
 
 
+LIVE_SECONDS = 2.0  # how long /stats waits for the leases index to be current
+
+
 def count_leases(db: Database, queue: str, now: datetime, *, stale: bool = False) -> dict[str, int]:
     """Split one queue's outstanding leases at `now` into stale and active.
 
@@ -108,14 +111,29 @@ def count_leases(db: Database, queue: str, now: datetime, *, stale: bool = False
     it); active means not expired. Two small reduces: all of the queue's leases,
     and those up to now; active is the difference.
     """
-    fresh = {"stale": "update_after"} if stale else {}  # never wait for a warming index
-    total = _reduced_count(db, startkey=[queue], endkey=[queue, {}], **fresh)
-    expired = _reduced_count(db, startkey=[queue], endkey=[queue, iso(now)], **fresh)
+    total = _reduced_count(db, stale, startkey=[queue], endkey=[queue, {}])
+    expired = _reduced_count(db, stale, startkey=[queue], endkey=[queue, iso(now)])
     return {"stale": expired, "active": max(0, total - expired)}
 
 
-def _reduced_count(db: Database, **params: Any) -> int:
-    rows = db.view("stats", "leases_by_queue", **params)
+def _reduced_count(db: Database, stale: bool, **params: Any) -> int:
+    """One reduce, live when the index answers within LIVE_SECONDS, else as indexed.
+
+    After a big import the index may need minutes to catch up; /stats must
+    answer meanwhile (the index goes on building on the server).
+    """
+    path = f"{db.path}/_design/stats/_view/leases_by_queue"
+    if not stale:
+        try:
+            # idempotent=False: one try, no retries, so the wait is bounded
+            response = db.server.request(
+                "GET", path, params=params, timeout=LIVE_SECONDS, idempotent=False
+            )
+            rows = response.json()["rows"]
+            return int(rows[0]["value"]) if rows else 0
+        except CouchUnavailableError:
+            log.info("the leases index is still being built; counting leases as indexed")
+    rows = db.view("stats", "leases_by_queue", stale="update_after", **params)
     return int(rows[0]["value"]) if rows else 0
 
 
