@@ -10,7 +10,7 @@ from conftest import token_header
 from factories import PTH, db_snapshot, event_ids, get_album, ids_of, make_albums
 
 from app.accounts.auth import issue_token
-from app.queues import leasing
+from app.queues import candidates, leasing
 from app.queues.albums import album_doc_id, lease_albums, submit_metadata
 from app.queues.downloads import task_doc_id
 from app.queues.leasing import QueueLeaser, reap_expired_leases
@@ -456,7 +456,7 @@ def submit_and_take(leaser, db, doc_id, clock):
 
 
 def test_candidates_leased_elsewhere_do_not_pile_up_in_memory():
-    ready = leasing._ReadyQueue()
+    ready = candidates.ReadyQueue()
     for round_ in range(200):
         for i in range(100):
             doc_id = f"album:{round_}:{i}"

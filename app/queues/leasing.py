@@ -31,18 +31,14 @@ others', so they work on distinct items until a queue runs low.
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import dataclasses
-import heapq
 import logging
 import threading
-import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from app.queues.candidates import PhaseTimer, ReadyQueue
 from app.store.commit import commit
 from app.store.couch import Database
 from app.store.events import Doc, is_settled, unbacked
@@ -56,13 +52,7 @@ MAX_ROUNDS = 50  # lease rounds per call: a backstop, rounds normally end on the
 FIRST_PAGE_ROWS = 2000  # the fresh read that starts a queue's set, with documents
 PAGE_ROWS = 2000  # view rows read at a time (stale=ok, ids only) as the set is consumed
 LOW_WATER = 4000  # fewer known ready items than this: read the next page in the background
-CACHED_DOCS = 5000  # per queue, documents kept in memory; beyond that only ids and order
 FEED_ROWS = 2000
-
-
-def ready_range(queue: str, now: datetime) -> dict[str, Any]:
-    """The queues/ready key range of work that may be handed out at `now`."""
-    return {"startkey": [queue], "endkey": [queue, 1, iso(now), {}]}
 
 
 def is_leasable(state: Doc | None, queue: str, now: datetime) -> bool:
@@ -111,103 +101,6 @@ def lease_decision(
     return decide
 
 
-Order = tuple[str, str]  # (available_at, id) inside one heap
-
-
-@dataclasses.dataclass
-class _ReadyQueue:
-    """The ready items of one queue that this process knows of."""
-
-    # heaps[(group, own slot first: 0 own, 1 other)] of (available_at, id)
-    heaps: dict[tuple[int, int], list[Order]] = dataclasses.field(default_factory=dict)
-    entries: dict[str, tuple[tuple[int, int], Order]] = dataclasses.field(default_factory=dict)
-    docs: dict[str, Doc] = dataclasses.field(default_factory=dict)
-    cursor: list[Any] | None = None  # the next view page starts after this key
-    exhausted: bool = False  # the view was read to its end
-    page_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    prefetching: bool = False
-    in_flight: set[str] = dataclasses.field(default_factory=set)  # taken, being recorded
-    index_rev: str = ""  # the queues design document the first read used
-    # Items the feed saw leave the ready state since the set started. A row of
-    # the (stale) index that is neither here nor among the entries has not
-    # changed since the first read, so it is still ready: pages need no documents.
-    gone: set[str] = dataclasses.field(default_factory=set)
-    pages: int = 0  # pages read so far: a call that waited for one need not read another
-    pushed: int = 0  # heap entries, live or stale
-
-    def upsert(self, place: tuple[int, int], order: Order, doc: Doc | None) -> None:
-        doc_id = order[1]
-        if doc_id in self.in_flight:
-            return  # a call is recording it: a change read meanwhile must not offer it again
-        if self.entries.get(doc_id) != (place, order):
-            self.pushed += 1
-            self.entries[doc_id] = (place, order)
-            heapq.heappush(self.heaps.setdefault(place, []), order)
-        if doc is not None and (doc_id in self.docs or len(self.docs) < CACHED_DOCS):
-            self.docs[doc_id] = doc
-
-        if self.pushed > 2 * len(self.entries) + 1000:
-            self._compact()
-
-    def discard(self, doc_id: str) -> None:
-        self.entries.pop(doc_id, None)  # its heap entry is skipped when it surfaces
-        self.docs.pop(doc_id, None)
-
-    def _compact(self) -> None:
-        """Rebuild the heaps from the live entries: items leased elsewhere leave stale
-        heap entries behind, and a heap this process rarely reaches would keep them."""
-        heaps: dict[tuple[int, int], list[Order]] = {}
-        for place, order in self.entries.values():
-            heaps.setdefault(place, []).append(order)
-        for heap in heaps.values():
-            heapq.heapify(heap)
-        self.heaps, self.pushed = heaps, len(self.entries)
-
-    def take_due(self, wanted: int, now_iso: str) -> list[str]:
-        """Up to `wanted` due ids: never-tried before retries, own slot before others."""
-        taken: list[str] = []
-        for place in sorted(self.heaps):
-            heap = self.heaps[place]
-            while heap and len(taken) < wanted:
-                available_at, doc_id = heap[0]
-                if self.entries.get(doc_id) != (place, heap[0]):
-                    heapq.heappop(heap)  # moved or gone since it was pushed
-                    continue
-                if available_at > now_iso:
-                    break  # the rest of this heap is due later still
-                heapq.heappop(heap)
-                del self.entries[doc_id]
-                taken.append(doc_id)
-        self.pushed -= len(taken)
-        self.in_flight.update(taken)
-        return taken
-
-
-class _PhaseTimer:
-    """Where a slow lease call spent its time, for the log (an operator's first question)."""
-
-    SLOW_SECONDS = 2.0
-
-    def __init__(self) -> None:
-        self.began = time.monotonic()
-        self.spent: dict[str, float] = collections.defaultdict(float)
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.spent[phase] += time.monotonic() - started
-
-    def report_if_slow(self, what: str) -> None:
-        total = time.monotonic() - self.began
-        if total >= self.SLOW_SECONDS:
-            ranked = sorted(self.spent.items(), key=lambda kv: -kv[1])
-            phases = ", ".join(f"{name} {secs:.2f} s" for name, secs in ranked)
-            log.warning("slow %s: %.2f s (%s)", what, total, phases)
-
-
 class QueueLeaser:
     """Hands out ready work of one read model to concurrent lease calls, fairly."""
 
@@ -216,14 +109,14 @@ class QueueLeaser:
         self.slot, self.slots = lease_slot, max(1, lease_slots)
         self._lock = threading.Lock()  # guards the sets and the feed position
         self._feed_lock = threading.Lock()  # one reader of the feed at a time
-        self._queues: dict[str, _ReadyQueue] = {}
+        self._queues: dict[str, ReadyQueue] = {}
         self._since: Any = None
 
     def lease(
         self, queue: str, holder: str, rows: int, now: datetime, duration: timedelta, actor: str
     ) -> list[Doc]:
         """Lease up to `rows` ready items of `queue` to `holder`; return their projections."""
-        timer = _PhaseTimer()
+        timer = PhaseTimer()
         with timer("feed"):
             self._follow_feed()
         with timer("load"):
@@ -264,7 +157,7 @@ class QueueLeaser:
 
     # ---------------------------------------------------------------- candidates
 
-    def _ready_queue(self, queue: str) -> _ReadyQueue:
+    def _ready_queue(self, queue: str) -> ReadyQueue:
         with self._lock:
             ready = self._queues.get(queue)
         if ready is not None:
@@ -273,7 +166,7 @@ class QueueLeaser:
             with self._lock:
                 if queue in self._queues:
                     return self._queues[queue]
-            ready = _ReadyQueue()
+            ready = ReadyQueue()
             self._read_page(ready, queue, fresh=True)  # raises: nothing is published
             with self._lock:
                 self._queues[queue] = ready
@@ -281,7 +174,7 @@ class QueueLeaser:
             self._prefetch(ready, queue)  # the next page, before the calls waiting now need it
         return ready
 
-    def _read_page(self, ready: _ReadyQueue, queue: str, *, fresh: bool) -> None:
+    def _read_page(self, ready: ReadyQueue, queue: str, *, fresh: bool) -> None:
         """Read the next page of the ready view into the set (the first one fresh).
 
         include_docs gives each row's current document (not the one indexed),
@@ -363,7 +256,7 @@ class QueueLeaser:
         own = zlib.crc32(doc_id.encode("utf-8")) % self.slots == self.slot
         return (int(group or 0), 0 if own else 1)
 
-    def _take(self, ready: _ReadyQueue, queue: str, wanted: int, now: datetime) -> list[Doc]:
+    def _take(self, ready: ReadyQueue, queue: str, wanted: int, now: datetime) -> list[Doc]:
         """Up to `wanted` leasable documents: from the set, reading more of the view as needed."""
         for _ in range(MAX_ROUNDS):
             with self._lock:
@@ -392,7 +285,7 @@ class QueueLeaser:
                         self._read_page(ready, queue, fresh=False)
         return []
 
-    def _prefetch(self, ready: _ReadyQueue, queue: str) -> None:
+    def _prefetch(self, ready: ReadyQueue, queue: str) -> None:
         """Read the next page in the background, so that no call waits for it."""
         with self._lock:
             if ready.prefetching:
