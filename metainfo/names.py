@@ -23,10 +23,12 @@ def parse_info_hash(raw: Any) -> str:
     return raw.strip().lower()
 
 
-def _whole_number(text: str) -> int | None:
-    """ASCII digits that fit a JavaScript-safe integer, else None (app.api.web.whole_number's rule).
+def whole_number(text: str) -> int | None:
+    """The value of a string of ASCII digits that fits a JavaScript-safe integer, else None.
 
-    str.isdigit alone lets "²" through, and int() refuses more than 4,300 digits.
+    str.isdigit alone lets "²" through (int() then raises), and int() refuses
+    strings of more than 4,300 digits: both would end as a 500. The API's
+    row counts and ids use the same rule (app/api/web.py).
     """
     if not (text.isascii() and text.isdigit()):
         return None
@@ -39,7 +41,7 @@ def _whole_number(text: str) -> int | None:
 
 def parse_torrent_id(raw: Any, *, field: str = "torrentId") -> int:
     """A site's torrent id: a positive whole number (JSON number or digits)."""
-    value = _whole_number(raw.strip()) if isinstance(raw, str) else raw
+    value = whole_number(raw.strip()) if isinstance(raw, str) else raw
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise TorrentIdError(f"{field} must be a positive whole number.", field=field)
     if value > MAX_SAFE_INT:

@@ -13,7 +13,7 @@ from app.errors import (
     UnsupportedMediaTypeError,
     ValidationFailedError,
 )
-from app.ids import MAX_SAFE_INT
+from metainfo.names import whole_number  # the API's digit rule is the parser's
 
 
 def context() -> Any:
@@ -41,21 +41,6 @@ def is_json_mimetype(mimetype: str) -> bool:
     if mimetype == JSON_MIMETYPE:
         return True
     return mimetype.startswith("application/") and mimetype.endswith("+json")
-
-
-def whole_number(text: str) -> int | None:
-    """The value of a string of ASCII digits that fits a JavaScript-safe integer, else None.
-
-    str.isdigit alone lets "²" through (int() then raises), and int() refuses
-    strings of more than 4,300 digits: both would end as a 500.
-    """
-    if not (text.isascii() and text.isdigit()):
-        return None
-    digits = text.lstrip("0") or "0"  # int() counts leading zeros toward its limit
-    if len(digits) > 16:
-        return None
-    value = int(digits)
-    return value if value <= MAX_SAFE_INT else None
 
 
 def _depth(value: Any) -> int:

@@ -213,7 +213,8 @@ def _claim(
     outcomes: dict[str, Outcome],
 ) -> list[tuple[str, Decision]]:
     """One round: decide, write the projections conditionally; return the decisions that lost."""
-    claimed: list[tuple[tuple[str, Decision], Doc, Doc]] = []
+    claimed: list[tuple[tuple[str, Decision], Doc, Doc, Doc]] = []
+    written_at = iso(utcnow())  # the wall clock, not the command's time: phantoms age by it
     for agg, decide in decisions:
         state = known.get(agg) or None
         verdict = decide(state)
@@ -223,20 +224,18 @@ def _claim(
         name, data = verdict
         change = {"aggregate": agg, "version": (state or {}).get("version", 0) + 1}
         change.update(name=name, data=data)
-        view = dict(change, at=event["at"], actor=event["actor"], site=event["site"])
-        view["event"] = event["_id"]
+        [view] = changes_of(dict(event, changes=[change]))  # the change as projectors read it
         projection = apply_event(state, view)
-        projection["written_at"] = iso(utcnow())  # the wall clock: phantoms age by it
-        claimed.append(((agg, decide), change, projection))
+        projection["written_at"] = written_at
+        claimed.append(((agg, decide), change, view, projection))
     lost: list[tuple[str, Decision]] = []
-    results = db.bulk_docs([projection for _, _, projection in claimed])
-    for (decision, change, projection), result in zip(claimed, results, strict=True):
+    results = db.bulk_docs([projection for *_, projection in claimed])
+    for (decision, change, view, projection), result in zip(claimed, results, strict=True):
         agg = decision[0]
         if result.ok:
             projection["_rev"] = result.rev
             known[agg] = projection
             event["changes"].append(change)
-            view = changes_of(dict(event, changes=[change]))[0]
             outcomes[agg] = Outcome(agg, True, projection, view)
         elif result.error == "conflict":
             lost.append(decision)

@@ -327,46 +327,31 @@ class Database:
 
     def iter_ids(self, prefix: str, *, page_size: int = 5000) -> Iterator[str]:
         """Yield every document id that starts with `prefix`, in id order (no bodies read)."""
-        startkey, skip = prefix, 0
-        while True:
-            rows = self.server.request(
-                "GET",
-                f"{self.path}/_all_docs",
-                params={
-                    "startkey": startkey,
-                    **prefix_range(prefix),
-                    "limit": page_size,
-                    "skip": skip,
-                },
-            ).json()["rows"]
-            yield from (row["id"] for row in rows)
-            if len(rows) < page_size:
-                return
-            startkey, skip = rows[-1]["id"], 1
+        for row in self._iter_all_docs(prefix, page_size, include_docs=False):
+            yield row["id"]
 
     def iter_prefix(self, prefix: str, *, page_size: int = 1000) -> Iterator[dict[str, Any]]:
         """Yield every document whose id starts with `prefix`, in id order, a page at a time.
 
-        Ids are `<type>:<key>`, so a type's documents (or one aggregate's
-        events, `ev:<aggregate>:`) are one contiguous _all_docs range: no view needed.
+        Ids are `<type>:<key>`, so a type's documents are one contiguous
+        _all_docs range: no view needed.
         """
+        for row in self._iter_all_docs(prefix, page_size, include_docs=True):
+            if row.get("doc"):
+                yield row["doc"]
+
+    def _iter_all_docs(
+        self, prefix: str, page_size: int, *, include_docs: bool
+    ) -> Iterator[dict[str, Any]]:
         startkey, skip = prefix, 0
         while True:
-            rows = self.server.request(
-                "GET",
-                f"{self.path}/_all_docs",
-                params={
-                    "startkey": startkey,
-                    **prefix_range(prefix),
-                    "include_docs": True,
-                    "limit": page_size,
-                    "skip": skip,
-                },
-            ).json()["rows"]
-            yield from (row["doc"] for row in rows if row.get("doc"))
-            if len(rows) < page_size:
+            params = {"startkey": startkey, **prefix_range(prefix), "limit": page_size}
+            params.update(skip=skip, include_docs=include_docs)
+            rows = self.server.request("GET", f"{self.path}/_all_docs", params=params).json()
+            yield from rows["rows"]
+            if len(rows["rows"]) < page_size:
                 return
-            startkey, skip = rows[-1]["id"], 1
+            startkey, skip = rows["rows"][-1]["id"], 1
 
     def view(
         self, ddoc: str, view: str, *, keys: Sequence[Any] | None = None, **params: Any
