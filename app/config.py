@@ -21,6 +21,9 @@ import yaml
 ENV_PREFIX = "DISTLEECH_"
 # Keys that may only come from the environment: secrets never live in a file.
 ENV_ONLY_KEYS = {("couchdb", "username"), ("couchdb", "password")}
+# The same for every other site's credentials (DISTLEECH_SITES__<NAME>__USERNAME).
+SITE_ENV_ONLY_KEYS = ("username", "password")
+DIRECTIONS = ("push", "pull", "both")
 
 
 class ConfigError(Exception):
@@ -50,6 +53,16 @@ class SiteSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class SiteLinkSettings:
+    """Another site: where its event log is and which way events flow."""
+
+    url: str = ""  # the CouchDB URL of its event log, e.g. https://seedbox:6984/distleech_events
+    direction: str = "both"  # push (ours to it), pull (its to us), both
+    username: str = ""  # from the environment only
+    password: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 5000
@@ -76,6 +89,8 @@ class SchedulerSettings:
     projector_seconds: float = 10
     stats_seconds: float = 60
     leader_lease_seconds: float = 30
+    replicate_seconds: float = 10  # one replication per site and direction this often
+    replicate_max_backoff_seconds: float = 300  # a failing site is retried at least this often
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +134,8 @@ class Settings:
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
     workers: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
     tracker: TrackerSettings = dataclasses.field(default_factory=TrackerSettings)
+    # The other sites, by their site.name (lower case: environment keys are).
+    sites: dict[str, SiteLinkSettings] = dataclasses.field(default_factory=dict)
 
 
 def _schema_for(cls: type) -> dict[str, Any]:
@@ -129,6 +146,9 @@ def _schema_for(cls: type) -> dict[str, Any]:
         ftype = hints[field.name]
         if dataclasses.is_dataclass(ftype):
             props[field.name] = _schema_for(ftype)  # type: ignore[arg-type]
+        elif typing.get_origin(ftype) is dict:  # a mapping of names to settings (`sites`)
+            _, item = typing.get_args(ftype)
+            props[field.name] = {"type": "object", "additionalProperties": _schema_for(item)}
         elif ftype is bool:
             props[field.name] = {"type": "boolean"}
         elif ftype is int:
@@ -155,6 +175,13 @@ SCHEMA["properties"]["tracker"]["properties"]["peers_database"]["pattern"] = (
     "^$|^[a-z][a-z0-9_$()+/-]*$"
 )
 SCHEMA["properties"]["leases"]["properties"]["max_rows"].update(minimum=1, maximum=1000)
+_SITE_NAME = "^[a-z0-9][a-z0-9._-]{0,62}$"
+SCHEMA["properties"]["sites"]["propertyNames"] = {"pattern": _SITE_NAME}
+_LINK = SCHEMA["properties"]["sites"]["additionalProperties"]
+_LINK["required"] = ["url"]
+# http(s)://host[:port]/<event log database>, no credentials in it (they come from the environment)
+_LINK["properties"]["url"]["pattern"] = "^https?://[^/@\\s]+(:[0-9]+)?/[a-z][a-z0-9_$()+-]*/?$"
+_LINK["properties"]["direction"]["enum"] = list(DIRECTIONS)
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,7 +222,12 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 def _is_string_setting(path: list[str]) -> bool:
     node: Any = SCHEMA
     for part in path:
-        node = (node.get("properties") or {}).get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return False
+        named = node.get("additionalProperties")  # a mapping of names (`sites`)
+        node = (node.get("properties") or {}).get(part) or (
+            named if isinstance(named, dict) else None
+        )
         if node is None:
             return False
     return bool(node.get("type") == "string")
@@ -209,6 +241,14 @@ def _check_no_file_secrets(file_values: Mapping[str, Any]) -> None:
                 f"{section}.{key} may only come from the environment "
                 f"(DISTLEECH_{section.upper()}__{key.upper()}), never from config.yaml"
             )
+    sites = file_values.get("sites")
+    for name, link in sites.items() if isinstance(sites, Mapping) else ():
+        for key in SITE_ENV_ONLY_KEYS:
+            if isinstance(link, Mapping) and key in link:
+                raise ConfigError(
+                    f"sites.{name}.{key} may only come from the environment "
+                    f"(DISTLEECH_SITES__{str(name).upper()}__{key.upper()}), never from config.yaml"
+                )
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -249,13 +289,21 @@ def load_settings(
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ConfigError(f"config key {key}: {error.message}")
+    own = str(merged["site"]["name"]).lower()
+    if own and own in merged["sites"]:
+        raise ConfigError(f"config key sites.{own}: this is this site's own name (site.name)")
     return _freeze(merged)
 
 
 def _freeze(values: dict[str, Any]) -> Settings:
     hints = typing.get_type_hints(Settings)
-    sections = {}
+    sections: dict[str, Any] = {}
     for name, section_cls in hints.items():
+        if name == "sites":
+            sections[name] = {
+                site: SiteLinkSettings(**link) for site, link in sorted(values[name].items())
+            }
+            continue
         field_types = typing.get_type_hints(section_cls)
         # JSON Schema's "integer" accepts 5000.0: give each field its declared type.
         typed = {

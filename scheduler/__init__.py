@@ -23,8 +23,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 
 from app import connect
-from app.config import Settings
+from app.config import ConfigError, Settings
 from app.projectors import register_projectors
+from app.sites.links import site_links
 from app.store.couch import CouchError, Database
 from app.store.setup import init_database
 from app.timeutil import Clock, utcnow
@@ -44,7 +45,13 @@ def job_intervals(settings: Settings) -> list[tuple[Job, float]]:
         (jobs.catch_up_projections, section.projector_seconds),
         (jobs.snapshot_stats, section.stats_seconds),
         (jobs.stale_peer_reaper(settings), section.reap_seconds),
-    ]
+    ] + site_jobs(settings)
+
+
+def site_jobs(settings: Settings) -> list[tuple[Job, float]]:
+    """One replication job per configured site."""
+    seconds = settings.scheduler.replicate_seconds
+    return [(jobs.site_replicator(settings, link), seconds) for link in site_links(settings)]
 
 
 def run_if_leader(job: Job, db: Database, leader: Leader, clock: Clock = utcnow) -> Any:
@@ -71,19 +78,39 @@ def build_scheduler(
         leader = Leader(db, lease_seconds=settings.scheduler.leader_lease_seconds)
     scheduler = BackgroundScheduler(timezone=UTC)
     for job, seconds in job_intervals(settings):
-        scheduler.add_job(
-            run_if_leader,
-            "interval",
-            seconds=seconds,
-            args=[job, db, leader, clock],
-            id=job.__name__,
-            name=job.__name__,
-            replace_existing=True,
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=None,
-        )
+        _add_job(scheduler, job, seconds, db, leader, clock)
     return scheduler
+
+
+def _add_job(
+    scheduler: BaseScheduler, job: Job, seconds: float, db: Database, leader: Leader, clock: Clock
+) -> None:
+    scheduler.add_job(
+        run_if_leader,
+        "interval",
+        seconds=seconds,
+        args=[job, db, leader, clock],
+        id=job.__name__,
+        name=job.__name__,
+        replace_existing=True,
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=None,
+    )
+
+
+def sync_site_jobs(
+    scheduler: BaseScheduler, settings: Settings, db: Database, leader: Leader, clock: Clock
+) -> None:
+    """Make the replication jobs match `settings.sites`: sites added or changed in the
+    config start replicating, removed ones stop, without restarting anything."""
+    wanted = dict((job.__name__, (job, seconds)) for job, seconds in site_jobs(settings))
+    for existing in scheduler.get_jobs():
+        if existing.id.startswith(jobs.SITE_JOB_PREFIX) and existing.id not in wanted:
+            scheduler.remove_job(existing.id)
+            log.info("stopped replicating with site %s", existing.id[len(jobs.SITE_JOB_PREFIX) :])
+    for job, seconds in wanted.values():
+        _add_job(scheduler, job, seconds, db, leader, clock)  # replaces: picks up a new link
 
 
 def follow_leadership(scheduler: BaseScheduler, leader: Leader, now: datetime) -> bool:
@@ -124,12 +151,19 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_scheduler(settings: Settings, *, stop: threading.Event | None = None) -> None:
+def run_scheduler(
+    settings: Settings,
+    *,
+    stop: threading.Event | None = None,
+    reload: Callable[[], Settings] | None = None,
+) -> None:
     """Run the scheduler until SIGINT/SIGTERM (or `stop`): wait for the lease, run jobs.
 
     A clean stop shuts the scheduler down (waiting for running jobs) and then
     releases the lease, so jobs never run unleased and a waiting copy takes
-    over at its next poll instead of after the lease expires.
+    over at its next poll instead of after the lease expires. With `reload`,
+    the configuration is read again at every poll and a change of `sites:`
+    takes effect at once (a bad file is logged and the last good one kept).
     """
     if not settings.scheduler.enabled:
         log.warning("scheduler.enabled is false: not running any jobs")
@@ -145,11 +179,32 @@ def run_scheduler(settings: Settings, *, stop: threading.Event | None = None) ->
         try:
             while True:
                 follow_leadership(scheduler, leader, utcnow())
+                if reload is not None:
+                    settings = _follow_config(scheduler, settings, reload, db, leader)
                 if stop.wait(leader.renew_seconds):
                     break
         finally:
             scheduler.shutdown(wait=True)
             _release_quietly(leader)
+
+
+def _follow_config(
+    scheduler: BaseScheduler,
+    settings: Settings,
+    reload: Callable[[], Settings],
+    db: Database,
+    leader: Leader,
+) -> Settings:
+    """Apply a changed `sites:` section; return the settings now in force."""
+    try:
+        fresh = reload()
+    except ConfigError as exc:
+        log.warning("config not reloaded, keeping the last good one: %s", exc)
+        return settings
+    if (fresh.sites, fresh.scheduler) != (settings.sites, settings.scheduler):
+        sync_site_jobs(scheduler, fresh, db, leader, utcnow)
+        log.info("sites now: %s", ", ".join(fresh.sites) or "none")
+    return fresh
 
 
 def _release_quietly(leader: Leader) -> None:

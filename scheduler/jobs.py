@@ -14,6 +14,8 @@ from typing import Any
 from app import stats
 from app.config import Settings
 from app.queues import leasing
+from app.sites import replication
+from app.sites.links import SiteLink
 from app.store import projections
 from app.store.couch import Database
 from app.tracker import peersdb
@@ -71,3 +73,17 @@ def stale_peer_reaper(settings: Settings) -> Callable[[Database, datetime], int]
         return reaped
 
     return reap_stale_peers
+
+
+def site_replicator(settings: Settings, link: SiteLink) -> Callable[[Database, datetime], Any]:
+    """The job that replicates the event log with one site (its id: replicate_<name>)."""
+
+    def replicate(db: Database, now: datetime) -> dict[str, Any]:
+        """Run the site's due flows (push, pull); a failing one backs off by itself."""
+        return replication.replicate_site(db, link, settings, now)
+
+    replicate.__name__ = f"{SITE_JOB_PREFIX}{link.name}"
+    return replicate
+
+
+SITE_JOB_PREFIX = "replicate_"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from factories import make_albums
 
 from app.stats import SNAPSHOT_ID, format_stats_text, get_stats
+from app.store.events import site_of
 from app.timeutil import iso
 from scheduler import jobs
 
@@ -167,12 +170,53 @@ def test_stats_need_no_credentials_and_work_on_an_empty_database(client):
 def test_text_format_is_the_html_body_lines(client, db, clock):
     make_albums(db, 2, now=clock())
     text = client.get("/stats?format=text").get_data(as_text=True)
-    assert text == format_stats_text(get_stats(db, clock())) + "\n"
+    assert text.startswith(format_stats_text(get_stats(db, clock())) + "\n")
     assert text.splitlines() == [
         "Albums: 2",
         "Metadata dispatches: 0 stale, 0 active",
         "Requests: 0/0 filled",
         f"As of: {iso(clock())}",
+        f"Site: {site_of(db)}",
+    ]
+
+
+def test_stats_name_this_site_and_show_each_other_sites_lag(make_app, db, clock):
+    """An operator sees at a glance which site answers and how far behind the others are."""
+    app = make_app(
+        site={"name": "alpha"},
+        sites={
+            "beta": {"url": "http://127.0.0.1:9/beta_events", "direction": "push"},
+            "gamma": {"url": "http://127.0.0.1:9/gamma_events"},
+        },
+    )
+    client = app.test_client()
+    db.put(
+        {
+            "_id": "_local/site:beta",
+            "flows": {
+                "push": {
+                    "state": "running",
+                    "last_attempt": iso(clock()),
+                    "last_success": iso(clock() - timedelta(seconds=30)),
+                    "pending": 12,
+                }
+            },
+        }
+    )
+    stats = client.get("/stats?format=json").get_json()
+    assert stats["site"] == "alpha"
+    assert stats["sites"]["beta"] == {
+        "state": "running",
+        "push": {"pending": 12, "seconds_since_success": 30.0},
+    }
+    never = {"pending": None, "seconds_since_success": None}
+    assert stats["sites"]["gamma"] == {"state": "stopped", "push": never, "pull": never}
+    lines = client.get("/stats?format=text").get_data(as_text=True).splitlines()
+    assert lines[-3:] == [
+        "Site: alpha",
+        "Site beta: running; push 12 pending, last success 30 s ago",
+        "Site gamma: stopped; push unknown pending, last success never; "
+        "pull unknown pending, last success never",
     ]
 
 

@@ -12,10 +12,10 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.api import admin, archive, cache, ingest, metadata, stats, torrents, tracker
+    from app.api import admin, archive, cache, ingest, metadata, sites, stats, torrents, tracker
 
     app.before_request(refuse_cross_site_writes)
-    for module in (metadata, archive, stats, admin, torrents, ingest, cache, tracker):
+    for module in (metadata, archive, stats, admin, torrents, ingest, cache, tracker, sites):
         app.register_blueprint(module.bp)
 
 

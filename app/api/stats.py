@@ -16,6 +16,7 @@ from markupsafe import escape
 from app import stats
 from app.api.web import context
 from app.errors import ValidationFailedError
+from app.sites.status import sites_lines, sites_summary
 from app.store.designdocs import get_warming_state
 
 bp = Blueprint("stats", __name__)
@@ -36,17 +37,17 @@ def wanted_format(req: Request) -> str:
     return FORMATS.get(best or "text/html", "html")
 
 
-def _warming_line(indexes: dict[str, Any] | None, prefix: str) -> str:
+def _warming_line(indexes: dict[str, Any] | None) -> str:
     """While `distleech run` still builds indexes, a line saying how far it got."""
     if not indexes or indexes.get("state") != "warming":
         return ""
     current = f", now {indexes['current']}" if indexes.get("current") else ""
-    return f"{prefix}Indexes: warming, {indexes['warm']} of {indexes['total']} warm{current}"
+    return f"Indexes: warming, {indexes['warm']} of {indexes['total']} warm{current}"
 
 
-def render_html(figures: dict[str, Any], extra: str = "") -> str:
+def render_html(figures: dict[str, Any], extra: list[str]) -> str:
     """A minimal page whose body holds the same lines as `distleech stats`."""
-    lines = [*stats.stats_lines(figures), *([extra] if extra else [])]
+    lines = [*stats.stats_lines(figures), *extra]
     body = "<br>\n".join(str(escape(line)) for line in lines)
     return (
         '<!doctype html>\n<html lang="en">\n<head><meta charset="utf-8">'
@@ -59,6 +60,9 @@ def render_html(figures: dict[str, Any], extra: str = "") -> str:
 def show_stats() -> Response:
     """Albums, metadata dispatches (stale/active), filled requests; per-queue counts in JSON.
 
+    Then this site's name and every configured site's lag ("site", "sites":
+    {name: {state, push/pull: {pending, seconds_since_success}}}).
+
     JSON also says how warm the indexes are ("indexes": {"state": "warming" or
     "warm", "warm", "total", "current", "at"}, null if never warmed by `run`).
     """
@@ -67,12 +71,14 @@ def show_stats() -> Response:
     indexes = get_warming_state(ctx.db)
     warming = bool(indexes and indexes.get("state") == "warming")
     figures = stats.get_stats(ctx.db, ctx.clock(), stale=warming)
+    sites = sites_summary(ctx.db, ctx.settings, ctx.clock())
+    extra = [line for line in [_warming_line(indexes), *sites_lines(sites)] if line]
     if fmt == "json":
-        response = jsonify({**figures, "indexes": indexes})
+        response = jsonify({**figures, "indexes": indexes, **sites})
     elif fmt == "text":
-        text = stats.format_stats_text(figures) + _warming_line(indexes, "\n")
+        text = "\n".join([stats.format_stats_text(figures), *extra])
         response = Response(text + "\n", mimetype="text/plain")
     else:
-        response = Response(render_html(figures, _warming_line(indexes, "")), mimetype="text/html")
+        response = Response(render_html(figures, extra), mimetype="text/html")
     response.vary.add("Accept")  # caches must not hand JSON to a browser or HTML to a script
     return response

@@ -106,7 +106,7 @@ def scheduler() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run_scheduler(cli_settings())
+    run_scheduler(cli_settings(), reload=load_settings)
 
 
 @main.command()
@@ -285,10 +285,33 @@ def rebuild(check: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def stats(as_json: bool) -> None:
     """Print the same figures as GET /stats."""
+    from app.sites.status import sites_lines, sites_summary
     from app.stats import format_stats_text, get_stats
 
-    figures = get_stats(cli_db(cli_settings()), utcnow())
-    click.echo(json.dumps(figures, indent=2) if as_json else format_stats_text(figures))
+    settings = cli_settings()
+    db = cli_db(settings)
+    now = utcnow()
+    figures, sites = get_stats(db, now), sites_summary(db, settings, now)
+    if as_json:
+        click.echo(json.dumps({**figures, **sites}, indent=2))
+    else:
+        click.echo("\n".join([format_stats_text(figures), *sites_lines(sites)]))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (as GET /api/sites).")
+def sites(as_json: bool) -> None:
+    """Show replication with every configured site: state, pending events, last outcomes."""
+    from app.sites.status import format_sites, site_statuses
+    from app.store.events import site_of
+
+    settings = cli_settings()
+    db = cli_db(settings)
+    statuses = site_statuses(db, settings, utcnow())
+    if as_json:
+        click.echo(json.dumps({"site": site_of(db), "sites": statuses}, indent=2))
+    else:
+        click.echo(format_sites(site_of(db), statuses))
 
 
 _add_subgroups()
