@@ -63,6 +63,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Clock = u
     """Build the WSGI app: the only place that wires settings, database and blueprints."""
     from app.api import register_blueprints
     from app.projectors import register_projectors
+    from app.sites.links import site_share
     from app.store.setup import init_database
 
     register_projectors()
@@ -72,10 +73,13 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Clock = u
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    share, shares = site_share(settings)
     leaser = QueueLeaser(
         db,
         lease_slot=int(os.environ.get("DISTLEECH_LEASE_SLOT", "0")),
         lease_slots=int(os.environ.get("DISTLEECH_LEASE_SLOTS", "1")),
+        site_share=share,
+        site_shares=shares,
     )
     auth = Authenticator(
         db,

@@ -80,6 +80,9 @@ class LeaseSettings:
     archive_minutes: float = 60
     archive_max_attempts: int = 3
     max_rows: int = 100
+    # With other sites: lease from this site's share of each queue first, and
+    # from the others' only when it has nothing due (rare cross-site double leases).
+    site_shares: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,8 @@ def apply_album_event(state: Doc, event: Doc) -> None:
         return
     name, data = event["name"], event["data"]
     if name == "imported":
+        if event.get("concurrent"):
+            return  # imported at two sites while apart: added once, as the first had it
         state.update(
             id=data["id"],
             sortArtist=data["sortArtist"],
@@ -60,6 +62,8 @@ def apply_album_event(state: Doc, event: Doc) -> None:
         state["torrents"] += [
             t for t in data["torrents"] if (t["site"], t["torrentId"]) not in known
         ]
+        if event.get("concurrent") and state["state"] == FOUND:
+            return  # found at two sites while apart: the first filled it, this adds its torrents
         state.update(state=FOUND, lease=None, found_at=event["at"])
     elif name == "not_found":
         state["not_found"] += 1

@@ -140,7 +140,7 @@ def apply_url_task_event(state: Doc, event: Doc) -> None:
     name, data = event["name"], event["data"]
     if data.get("ignored"):
         state["ignored_results"] = state.get("ignored_results", 0) + 1
-    elif name == "queued":
+    elif name == "queued" and not event.get("concurrent"):  # queued at two sites: one round
         _start_round(state, event)
     elif name == "completed":
         state.update(state=DONE, lease=None, completed_at=event["at"], completed_by=event["actor"])

@@ -23,15 +23,17 @@ log = logging.getLogger(__name__)
 CACHED_DOCS = 5000  # per queue, documents kept in memory; beyond that only ids and order
 
 Order = tuple[str, str]  # (available_at, id) inside one heap
+# Which heap an item is in; heaps are taken in sorted order:
+# (0 this site's share / 1 another site's, queue group, 0 own slot / 1 another process's)
+Place = tuple[int, int, int]
 
 
 @dataclasses.dataclass
 class ReadyQueue:
     """The ready items of one queue that this process knows of."""
 
-    # heaps[(group, own slot first: 0 own, 1 other)] of (available_at, id)
-    heaps: dict[tuple[int, int], list[Order]] = dataclasses.field(default_factory=dict)
-    entries: dict[str, tuple[tuple[int, int], Order]] = dataclasses.field(default_factory=dict)
+    heaps: dict[Place, list[Order]] = dataclasses.field(default_factory=dict)
+    entries: dict[str, tuple[Place, Order]] = dataclasses.field(default_factory=dict)
     docs: dict[str, Doc] = dataclasses.field(default_factory=dict)
     cursor: list[Any] | None = None  # the next view page starts after this key
     exhausted: bool = False  # the view was read to its end
@@ -46,7 +48,7 @@ class ReadyQueue:
     pages: int = 0  # pages read so far: a call that waited for one need not read another
     pushed: int = 0  # heap entries, live or stale
 
-    def upsert(self, place: tuple[int, int], order: Order, doc: Doc | None) -> None:
+    def upsert(self, place: Place, order: Order, doc: Doc | None) -> None:
         doc_id = order[1]
         if doc_id in self.in_flight:
             return  # a call is recording it: a change read meanwhile must not offer it again
@@ -67,7 +69,7 @@ class ReadyQueue:
     def _compact(self) -> None:
         """Rebuild the heaps from the live entries: items leased elsewhere leave stale
         heap entries behind, and a heap this process rarely reaches would keep them."""
-        heaps: dict[tuple[int, int], list[Order]] = {}
+        heaps: dict[Place, list[Order]] = {}
         for place, order in self.entries.values():
             heaps.setdefault(place, []).append(order)
         for heap in heaps.values():
@@ -75,7 +77,8 @@ class ReadyQueue:
         self.heaps, self.pushed = heaps, len(self.entries)
 
     def take_due(self, wanted: int, now_iso: str) -> list[str]:
-        """Up to `wanted` due ids: never-tried before retries, own slot before others."""
+        """Up to `wanted` due ids: this site's share first, then never-tried before
+        retries, own slot before others."""
         taken: list[str] = []
         for place in sorted(self.heaps):
             heap = self.heaps[place]

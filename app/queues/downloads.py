@@ -75,7 +75,10 @@ def apply_task_event(state: Doc, event: Doc) -> None:
     if apply_lease_event(state, event):
         return
     name, data = event["name"], event["data"]
-    if name == "created":
+    if name == "created" and event.get("concurrent"):
+        # created at two sites while apart (the same torrent found for their albums)
+        state["albums"] += [a for a in data["albums"] if a not in state["albums"]]
+    elif name == "created":
         state.update(
             id=data["id"],
             site=data["site"],

@@ -26,7 +26,11 @@ feed has been read up to date and the view has been read to its end.
 Under load every caller picking the head of the same queue would collide.
 Calls of one process share one set and never get the same item; processes
 prefer their own slot of ids (`lease_slot` of `lease_slots`) before the
-others', so they work on distinct items until a queue runs low.
+others', so they work on distinct items until a queue runs low. Sites do the
+same one level up: with several sites each leases from its own share of
+every queue (`site_share` of `site_shares`, by a hash of the id) and takes
+from the others' shares only when its own has nothing due, so two sites
+that cannot see each other's leases rarely hand out the same item.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from app.queues.candidates import PhaseTimer, ReadyQueue
+from app.queues.candidates import PhaseTimer, Place, ReadyQueue
 from app.store.commit import commit
 from app.store.couch import Database
 from app.store.events import Doc, is_settled, unbacked
@@ -73,13 +77,14 @@ def apply_lease_event(state: Doc, event: Doc) -> bool:
     """Apply the lease life-cycle events every queued aggregate shares; True if handled."""
     name, data = event["name"], event["data"]
     if name == "leased":
-        state["state"] = LEASED
-        state["lease"] = {
-            "holder": data["holder"],
-            "leased_at": event["at"],
-            "expires_at": data["expires_at"],
-        }
+        lease = {"holder": data["holder"], "leased_at": event["at"]}
+        lease["expires_at"] = data["expires_at"]
         state["leases"] = state.get("leases", 0) + 1
+        if event.get("concurrent") and state.get("state") != READY:
+            _add_concurrent_holder(state, lease)
+            return True
+        state["state"] = LEASED
+        state["lease"] = lease
     elif name in ("lease_expired", "released"):
         if state.get("state") == LEASED:
             state["state"] = READY
@@ -88,6 +93,17 @@ def apply_lease_event(state: Doc, event: Doc) -> bool:
     else:
         return False
     return True
+
+
+def _add_concurrent_holder(state: Doc, lease: Doc) -> None:
+    """Another site leased the same item while apart: both hold it until the lease
+    ends (the later expiry counts) or a result arrives. An item that is no
+    longer leased here (a result filled it) stays as it is; the log keeps the lease."""
+    if state.get("state") != LEASED or not state.get("lease"):
+        return
+    current = state["lease"]
+    current.setdefault("also_held_by", []).append(lease)
+    current["expires_at"] = max(current["expires_at"], lease["expires_at"])
 
 
 def lease_decision(
@@ -104,9 +120,18 @@ def lease_decision(
 class QueueLeaser:
     """Hands out ready work of one read model to concurrent lease calls, fairly."""
 
-    def __init__(self, db: Database, *, lease_slot: int = 0, lease_slots: int = 1) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        lease_slot: int = 0,
+        lease_slots: int = 1,
+        site_share: int = 0,
+        site_shares: int = 1,
+    ) -> None:
         self.db = db
         self.slot, self.slots = lease_slot, max(1, lease_slots)
+        self.share, self.shares = site_share, max(1, site_shares)
         self._lock = threading.Lock()  # guards the sets and the feed position
         self._feed_lock = threading.Lock()  # one reader of the feed at a time
         self._queues: dict[str, ReadyQueue] = {}
@@ -252,9 +277,12 @@ class QueueLeaser:
             if doc_id in other.entries or doc_id in other.docs:
                 other.discard(doc_id)
 
-    def _place(self, group: int, doc_id: str) -> tuple[int, int]:
-        own = zlib.crc32(doc_id.encode("utf-8")) % self.slots == self.slot
-        return (int(group or 0), 0 if own else 1)
+    def _place(self, group: int, doc_id: str) -> Place:
+        key = doc_id.encode("utf-8")
+        own_slot = zlib.crc32(key) % self.slots == self.slot
+        # another hash for shares, so that slots still split each site's share
+        own_share = zlib.adler32(key) % self.shares == self.share
+        return (0 if own_share else 1, int(group or 0), 0 if own_slot else 1)
 
     def _take(self, ready: ReadyQueue, queue: str, wanted: int, now: datetime) -> list[Doc]:
         """Up to `wanted` leasable documents: from the set, reading more of the view as needed."""

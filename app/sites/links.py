@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from app.config import Settings, SiteLinkSettings
 from app.store.couch import CouchServer, Database
+from app.store.events import default_site_name
 
 PUSH, PULL = "push", "pull"
 FILTER = "log/events"  # in the source's _design/log: events only, never design docs
@@ -109,3 +110,17 @@ def redact(text: str, endpoints: Iterable[Endpoint]) -> str:
         for secret in endpoint.secrets():
             text = text.replace(secret, MASK)
     return text
+
+
+def site_share(settings: Settings) -> tuple[int, int]:
+    """(this site's share, how many shares) of every queue for leasing.
+
+    Every site names the others under `sites:`, so each computes the same
+    sorted list of names and takes its own place in it. (0, 1), one share
+    for all, without other sites or with `leases.site_shares: false`.
+    """
+    if not settings.leases.site_shares or not settings.sites:
+        return 0, 1
+    own = (settings.site.name or default_site_name()).lower()
+    names = sorted({own, *settings.sites})
+    return names.index(own), len(names)

@@ -22,7 +22,17 @@ A crash between the two writes leaves projections that name an event the log
 does not have ("phantoms"); the client never heard "ok", and the projector
 rolls them back from the log after a grace period. Each change carries the
 aggregate's next version, so one site's changes fold in version order, and a
-rebuild sorts by (version, site, event id): a deterministic order for any log.
+rebuild sorts by (version, event id): a deterministic order for any log.
+
+Sites. Two sites that change one aggregate while apart both write its next
+version; when their logs meet, every site folds both changes of that version
+in event id order (the time, then the site), and the second is *concurrent*:
+it was decided without knowing the first. apply_event tells the projector so
+(`change["concurrent"]`), and each projector decides what the pair means for
+its domain (an album leased at two sites keeps both holders, an album
+imported twice is added once, the first result fills an album and a later
+one adds its torrents). A projector must give the same state for the same
+sorted changes, so every site converges.
 """
 
 from __future__ import annotations
@@ -145,16 +155,25 @@ def changes_of(event: Doc) -> list[Doc]:
     ]
 
 
-def fold_key(change: Doc) -> tuple[int, str, str]:
-    """The order in which one aggregate's changes are folded, for any log."""
-    return (change["version"], change.get("site", ""), change.get("event", ""))
+def fold_key(change: Doc) -> tuple[int, str]:
+    """The order in which one aggregate's changes are folded, for any log: by version,
+    then by event id (its time, then its site), so of two sites' changes of one
+    version the earlier one comes first."""
+    return (change["version"], change.get("event", ""))
 
 
 def apply_event(state: Doc | None, change: Doc) -> Doc:
-    """Return the projection after one change (the input is not modified)."""
+    """Return the projection after one change (the input is not modified).
+
+    A change whose version the state has reached already was written at
+    another site without knowing the change before it: the projector sees
+    `concurrent: True` and decides what the two mean together.
+    """
     aggregate_id = change["aggregate"]
     new = _copy(state) if state else {"_id": aggregate_id, "type": aggregate_type(aggregate_id)}
     new.pop("_rev", None)
+    if state and change["version"] <= state.get("version", 0):
+        change = {**change, "concurrent": True}
     _projector_for(aggregate_type(aggregate_id))(new, change)
     new["version"] = max(new.get("version", 0), change["version"])
     new["updated_at"] = change["at"]

@@ -202,11 +202,11 @@ def repair_phantoms(db: Database, *, grace_seconds: float | None = None, limit: 
 
 
 def iter_change_streams(db: Database, page_size: int = 5000) -> Iterator[tuple[str, list[Doc]]]:
-    """Yield (aggregate id, its changes in fold order) for every aggregate in the log.
+    """Yield (aggregate id, its changes) for every aggregate in the log.
 
     Pages the log's by_aggregate view, whose keys are [aggregate, version, site,
-    event id]: one aggregate's rows are contiguous and already in fold order,
-    so memory stays flat however long the log is.
+    event id]: one aggregate's rows are contiguous (in version order; `project`
+    sorts them into fold order), so memory stays flat however long the log is.
     """
     current: str | None = None
     stream: list[Doc] = []
