@@ -58,6 +58,10 @@ class SiteLinkSettings:
 
     url: str = ""  # the CouchDB URL of its event log, e.g. https://seedbox:6984/distleech_events
     direction: str = "both"  # push (ours to it), pull (its to us), both
+    # Replicate the secrets database too, so that one account works at every
+    # site; its URL, when empty, is the log's with "_events" turned into "_secrets".
+    accounts: bool = True
+    accounts_url: str = ""
     username: str = ""  # from the environment only
     password: str = ""
 
@@ -183,7 +187,9 @@ SCHEMA["properties"]["sites"]["propertyNames"] = {"pattern": _SITE_NAME}
 _LINK = SCHEMA["properties"]["sites"]["additionalProperties"]
 _LINK["required"] = ["url"]
 # http(s)://host[:port]/<event log database>, no credentials in it (they come from the environment)
-_LINK["properties"]["url"]["pattern"] = "^https?://[^/@\\s]+(:[0-9]+)?/[a-z][a-z0-9_$()+-]*/?$"
+_DB_URL = "https?://[^/@\\s]+(:[0-9]+)?/[a-z][a-z0-9_$()+-]*/?"
+_LINK["properties"]["url"]["pattern"] = f"^{_DB_URL}$"
+_LINK["properties"]["accounts_url"]["pattern"] = f"^$|^{_DB_URL}$"
 _LINK["properties"]["direction"]["enum"] = list(DIRECTIONS)
 
 
@@ -295,6 +301,13 @@ def load_settings(
     own = str(merged["site"]["name"]).lower()
     if own and own in merged["sites"]:
         raise ConfigError(f"config key sites.{own}: this is this site's own name (site.name)")
+    for name, link in merged["sites"].items():
+        if link.get("accounts", True) and not link.get("accounts_url"):
+            if not link["url"].rstrip("/").endswith("_events"):
+                raise ConfigError(
+                    f"config key sites.{name}.accounts_url: the log's URL does not end in "
+                    "_events, so say where that site's secrets database is (or accounts: false)"
+                )
     return _freeze(merged)
 
 

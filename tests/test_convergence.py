@@ -39,7 +39,7 @@ PTH = "passtheheadphones.me"
 class Sites:
     """Site alpha and site beta on one server, linked both ways through alpha's scheduler."""
 
-    def __init__(self, server) -> None:
+    def __init__(self, server, *, accounts: bool = True) -> None:
         tag = uuid.uuid4().hex[:10]
         self.server = server
         self.alpha = Database(server, f"test_alpha_{tag}", site="alpha")
@@ -50,7 +50,9 @@ class Sites:
         self.settings = load_settings(
             {
                 "site": {"name": "alpha"},
-                "sites": {"beta": {"url": f"{server.url}/{self.beta.name}_events"}},
+                "sites": {
+                    "beta": {"url": f"{server.url}/{self.beta.name}_events", "accounts": accounts}
+                },
             },
             config_path=Path("/nonexistent/config.yaml"),
             environ={},

@@ -5,10 +5,13 @@ default): events are immutable and replicate to every site, so a hash put in
 an event would travel everywhere and could never be purged. The log records
 only the facts (a user was created, a password changed: when and by whom);
 the secrets database holds the one current credential of each user and
-token. It is never replicated and never rebuilt (nothing in it is derived
-from events), and when the app has CouchDB credentials only that account may
-read it (`_security`), so a member browsing the other databases in Fauxton
-sees no hash.
+token. It never enters the log and is never rebuilt (nothing in it is
+derived from events), and when the app has CouchDB credentials only that
+account may read it (`_security`), so a member browsing the other databases
+in Fauxton sees no hash. With other sites it replicates with theirs beside
+the log (app/sites/accounts.py), so one account works at every site: only
+the current documents travel, and every replacement is compacted away there
+too.
 
 Documents:
 - `password_hash:<user name>` `{type, user, hash}`: a werkzeug (scrypt) hash.
@@ -139,7 +142,11 @@ def compact_secrets(db: Database, *, wait_seconds: float = 10.0) -> None:
     database info turns false when the old file is gone. pouchdb-server has
     finished when it answers and reports no such field.
     """
-    sdb = secrets_db(db)
+    compact_database(secrets_db(db), wait_seconds=wait_seconds)
+
+
+def compact_database(sdb: Database, *, wait_seconds: float = 10.0) -> None:
+    """Compact this secrets database (this site's or, when replicating, another's)."""
     sdb.server.request("POST", f"{sdb.path}/_compact")
     deadline = time.monotonic() + wait_seconds
     while sdb.info().get("compact_running") and time.monotonic() < deadline:

@@ -79,6 +79,7 @@ class SiteLink:
     name: str
     remote: Endpoint
     direction: str
+    accounts: Endpoint | None = None  # its secrets database, when accounts replicate
 
     @property
     def flows(self) -> tuple[str, ...]:
@@ -92,16 +93,21 @@ def site_links(settings: Settings) -> list[SiteLink]:
 
 
 def _link(name: str, link: SiteLinkSettings) -> SiteLink:
-    remote = Endpoint(link.url.rstrip("/"), link.username, link.password)
-    return SiteLink(name, remote, link.direction)
+    url = link.url.rstrip("/")
+    remote = Endpoint(url, link.username, link.password)
+    if not link.accounts:
+        return SiteLink(name, remote, link.direction)
+    secrets_url = link.accounts_url.rstrip("/") or url.removesuffix("_events") + "_secrets"
+    accounts = Endpoint(secrets_url, link.username, link.password)
+    return SiteLink(name, remote, link.direction, accounts)
 
 
-def local_endpoint(db: Database) -> Endpoint:
-    """This site's event log, reached the way its own processes reach it."""
-    log = db.companion("events")
+def local_endpoint(db: Database, role: str = "events") -> Endpoint:
+    """This site's event log (or secrets database), reached as its own processes do."""
+    companion = db.companion(role)
     auth = db.server.session.auth
     username, password = auth if isinstance(auth, tuple) else ("", "")
-    return Endpoint(f"{db.server.url}/{quote(log.name, safe='')}", username, password)
+    return Endpoint(f"{db.server.url}/{quote(companion.name, safe='')}", username, password)
 
 
 def redact(text: str, endpoints: Iterable[Endpoint]) -> str:

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.config import Settings
+from app.sites.accounts import AccountsError, replicate_accounts
 from app.sites.links import FILTER, PUSH, Endpoint, SiteLink, local_endpoint, redact
 from app.store.couch import (
     CouchError,
@@ -90,6 +91,8 @@ def run_flow(
         _check_log(link.remote, f"site {link.name}'s")
         through = _update_seq(source)
         written = _replicate(db, source, target)
+        if link.accounts is not None:
+            _replicate_accounts(db, link.accounts, flow)
     except SiteError as exc:
         failures = state.get("failures", 0) + 1
         backoff = min(
@@ -172,6 +175,15 @@ def _replicate(db: Database, source: Endpoint, target: Endpoint) -> int:
     except CouchError as exc:
         raise SiteError("replication_failed", redact(str(exc), [source, target])) from None
     return _written(answer, [source, target])
+
+
+def _replicate_accounts(db: Database, remote: Endpoint, flow: str) -> None:
+    local = local_endpoint(db, "secrets")
+    source, target = (local, remote) if flow == PUSH else (remote, local)
+    try:
+        replicate_accounts(db, source, target)
+    except AccountsError as exc:
+        raise SiteError(exc.code, exc.reason) from None
 
 
 def _written(answer: dict[str, Any], endpoints: list[Endpoint]) -> int:
