@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -297,7 +298,13 @@ def load_settings(
     )
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ConfigError(f"config key {key}: {error.message}")
+        message = error.message
+        if error.validator == "pattern" and key.endswith("url"):
+            message = (
+                f"{error.instance!r} is not http(s)://host[:port]/<database> without "
+                "credentials (those come from the environment)"
+            )
+        raise ConfigError(f"config key {key}: {_masked(message)}")
     own = str(merged["site"]["name"]).lower()
     if own and own in merged["sites"]:
         raise ConfigError(f"config key sites.{own}: this is this site's own name (site.name)")
@@ -309,6 +316,11 @@ def load_settings(
                     "_events, so say where that site's secrets database is (or accounts: false)"
                 )
     return _freeze(merged)
+
+
+def _masked(message: str) -> str:
+    """A validation message without the user:password@ of a URL it quotes."""
+    return re.sub(r"(//)[^/@\s']*@", r"\1***@", message)
 
 
 def _freeze(values: dict[str, Any]) -> Settings:

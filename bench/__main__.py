@@ -1,4 +1,4 @@
-"""`python -m bench [import|lease|rebuild|stats|match|verify|tracker ...] [--quick]`: benchmarks.
+"""`python -m bench [import|lease|rebuild|replicate|sites|stats|…] [--quick]`.
 
 Each prints its figures as ratios against a baseline measured in the same run.
 Exit status 1 when a target is missed or a benchmark breaks, else 0.
@@ -12,13 +12,15 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import import_csv, lease, match, rebuild, stats, tracker, verify
+from bench import import_csv, lease, match, rebuild, replicate, sites_sim, stats, tracker, verify
 from bench.harness import quick_from_env
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "import": import_csv.run,
     "lease": lease.run,
     "rebuild": rebuild.run,
+    "replicate": replicate.run,
+    "sites": sites_sim.run,
     "stats": stats.run,
     "match": match.run,
     "verify": verify.run,

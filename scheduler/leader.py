@@ -20,8 +20,8 @@ one lease period of waiting.
   never corrupts data.
 - `expires_at` is written with the holder's clock and compared with the
   reader's: keep hosts on NTP (skew far below a lease period).
-- The document replicates like any other, so replication to other sites
-  must leave `type: "lease"` documents out: each site runs its own scheduler.
+- The document lives in the read model, which never replicates: each site
+  runs its own scheduler under its own lease (tests/test_sites_scheduler.py).
 """
 
 from __future__ import annotations

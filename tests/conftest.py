@@ -4,6 +4,7 @@ database per test, and clients that carry real credentials."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from app import create_app
 from app.accounts.auth import add_user, issue_token
 from app.processes.bundled import running, wait_until_up
 from app.projectors import register_projectors
-from app.store.couch import CouchServer
+from app.store.couch import CouchServer, CouchUnavailableError, Database
 from app.store.setup import init_database
 
 register_projectors()  # as create_app, the CLI and the scheduler do at start-up
@@ -67,10 +68,53 @@ def db(couch_server):
     database = couch_server.create_database(name)
     init_database(database, warm=False)
     yield database
-    couch_server.delete_database(name)
-    for companion in ("events", "secrets", "peers"):  # the log, credentials, tracker swarms
-        if couch_server.database_exists(f"{name}_{companion}"):
-            couch_server.delete_database(f"{name}_{companion}")
+    delete_with_companions(couch_server, name)
+
+
+def delete_with_companions(server: CouchServer, name: str) -> None:
+    """Delete a read model with its log, credentials and tracker swarms."""
+    server.delete_database(name)
+    for companion in ("events", "secrets", "peers"):
+        if server.database_exists(f"{name}_{companion}"):
+            server.delete_database(f"{name}_{companion}")
+
+
+@pytest.fixture(scope="session")
+def second_couch_url(tmp_path_factory: pytest.TempPathFactory):
+    """Another site's server: replication between sites crosses servers."""
+    with running(tmp_path_factory.mktemp("couch-second")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def third_couch_url(tmp_path_factory: pytest.TempPathFactory):
+    """A third site's server, started by the first test that needs one."""
+    with running(tmp_path_factory.mktemp("couch-third")) as url:
+        yield url
+
+
+@pytest.fixture
+def make_site(couch_server):
+    """Make sites: `make_site("beta", url)` is a fresh read model with its log and
+    secrets on the server at `url` (default: the session server), whose events
+    record site "beta"; each is deleted with its companions after the test."""
+    made: list[Database] = []
+
+    def factory(site: str, url: str | None = None, *, username="", password="") -> Database:
+        server = (
+            couch_server if url is None else CouchServer(url, username=username, password=password)
+        )
+        database = Database(server, f"test_{site}_{uuid.uuid4().hex[:12]}", site=site)
+        server.create_database(database.name)
+        init_database(database, warm=False)
+        made.append(database)
+        return database
+
+    yield factory
+    for database in made:
+        # a server that a test stopped (and never started again) takes its data dir along
+        with contextlib.suppress(CouchUnavailableError):
+            delete_with_companions(database.server, database.name)
 
 
 class Clock:

@@ -52,9 +52,7 @@ def store_status(db, now):
     )
 
 
-def test_admins_see_every_site_with_state_pending_and_last_error(
-    make_app, db, clock, admin_auth
-):
+def test_admins_see_every_site_with_state_pending_and_last_error(make_app, db, clock, admin_auth):
     client = make_app(site={"name": "alpha"}, sites=SITES).test_client()
     store_status(db, clock())
     body = client.get("/api/sites", headers=admin_auth).get_json()

@@ -460,6 +460,6 @@ def test_candidates_leased_elsewhere_do_not_pile_up_in_memory():
     for round_ in range(200):
         for i in range(100):
             doc_id = f"album:{round_}:{i}"
-            ready.upsert((0, 1), ("2026-01-01", doc_id), None)
+            ready.upsert((0, 0, 1), "2026-01-01", doc_id, None)
             ready.discard(doc_id)  # leased by another process before this one got to it
     assert sum(len(heap) for heap in ready.heaps.values()) <= 1000

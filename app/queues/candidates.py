@@ -1,7 +1,8 @@
 """What one process knows of a queue's ready work, and where a slow lease call went.
 
 Used by app/queues/leasing.py: the candidates of one queue in one process, in
-heaps by (queue group, own slot first), ordered by `available_at` then id.
+heaps by (this site's share first, queue group, own slot first), ordered by
+`available_at` then id (another site's never-tried work: the other way round).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 CACHED_DOCS = 5000  # per queue, documents kept in memory; beyond that only ids and order
 
-Order = tuple[str, str]  # (available_at, id) inside one heap
+Order = tuple[str, str, str]  # (sort key, available_at, id) inside one heap
 # Which heap an item is in; heaps are taken in sorted order:
 # (0 this site's share / 1 another site's, queue group, 0 own slot / 1 another process's)
 Place = tuple[int, int, int]
@@ -48,8 +49,8 @@ class ReadyQueue:
     pages: int = 0  # pages read so far: a call that waited for one need not read another
     pushed: int = 0  # heap entries, live or stale
 
-    def upsert(self, place: Place, order: Order, doc: Doc | None) -> None:
-        doc_id = order[1]
+    def upsert(self, place: Place, available_at: str, doc_id: str, doc: Doc | None) -> None:
+        order = (_sort_key(place, available_at, doc_id), available_at, doc_id)
         if doc_id in self.in_flight:
             return  # a call is recording it: a change read meanwhile must not offer it again
         if self.entries.get(doc_id) != (place, order):
@@ -83,7 +84,7 @@ class ReadyQueue:
         for place in sorted(self.heaps):
             heap = self.heaps[place]
             while heap and len(taken) < wanted:
-                available_at, doc_id = heap[0]
+                _, available_at, doc_id = heap[0]
                 if self.entries.get(doc_id) != (place, heap[0]):
                     heapq.heappop(heap)  # moved or gone since it was pushed
                     continue
@@ -95,6 +96,20 @@ class ReadyQueue:
         self.pushed -= len(taken)
         self.in_flight.update(taken)
         return taken
+
+
+def _sort_key(place: Place, available_at: str, doc_id: str) -> str:
+    """Oldest first, except never-tried work of another site's share: newest first.
+
+    A site works through its own share from the head; another site that has
+    run out of its own takes from the far end of it (work stealing), so the
+    two meet only at the end, and sites that cannot see each other's leases
+    yet rarely hand out the same item. (Code points are mirrored: a min-heap
+    of mirrored strings gives the largest first.)
+    """
+    if place[0] > 0 and place[1] == 0:
+        return "".join(chr(0x10FFFF - ord(c)) for c in f"{available_at}\x00{doc_id}")
+    return available_at
 
 
 class PhaseTimer:

@@ -225,7 +225,7 @@ class QueueLeaser:
                     continue  # the feed knows better than the index
                 if "doc" in row and not is_ready_in(row["doc"], queue):
                     continue  # leased since it was indexed: the current document says so
-                ready.upsert(self._place(group, doc_id), (available_at, doc_id), row.get("doc"))
+                ready.upsert(self._place(group, doc_id), available_at, doc_id, row.get("doc"))
             ready.cursor = rows[-1]["key"] if rows else ready.cursor
             ready.exhausted = len(rows) < limit
             ready.pages += 1
@@ -269,7 +269,7 @@ class QueueLeaser:
             group = doc.get("queue_group", 0)
             place = self._place(group, doc_id)
             ready.gone.discard(doc_id)
-            ready.upsert(place, (doc.get("available_at", ""), doc_id), doc)
+            ready.upsert(place, doc.get("available_at", ""), doc_id, doc)
             return
         if ready is not None:
             ready.gone.add(doc_id)  # a stale index row of it must not bring it back
@@ -280,9 +280,12 @@ class QueueLeaser:
     def _place(self, group: int, doc_id: str) -> Place:
         key = doc_id.encode("utf-8")
         own_slot = zlib.crc32(key) % self.slots == self.slot
-        # another hash for shares, so that slots still split each site's share
-        own_share = zlib.adler32(key) % self.shares == self.share
-        return (0 if own_share else 1, int(group or 0), 0 if own_slot else 1)
+        # Another hash for shares, so that slots still split each site's share.
+        # Shares are ranked from this site's onwards (0 = its own): site i
+        # turns to share i+1 first, so two sites out of work of their own do
+        # not both turn to the same third one.
+        rank = (zlib.adler32(key) % self.shares - self.share) % self.shares
+        return (rank, int(group or 0), 0 if own_slot else 1)
 
     def _take(self, ready: ReadyQueue, queue: str, wanted: int, now: datetime) -> list[Doc]:
         """Up to `wanted` leasable documents: from the set, reading more of the view as needed."""

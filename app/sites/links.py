@@ -3,10 +3,11 @@
 A link names another site (by its `site.name`), the CouchDB URL of its event
 log and the direction events flow: `push` (this site's events go there),
 `pull` (its events come here) or `both`. Every replication runs on this
-site's CouchDB as a one-shot `_replicate` of the event log only, filtered to
-event documents (`log/events`), so design documents, the read model, the
-peers and secrets databases, caches, checkpoints and the leader lease never
-leave the site.
+site's CouchDB as a one-shot `_replicate` of the event log, filtered to
+event documents (`log/events`), followed (with `accounts`, the default) by
+one of the secrets database (app/sites/accounts.py); design documents, the
+read model, the peers database, caches, checkpoints and the leader lease
+never leave the site.
 
 Credentials come from the environment only (DISTLEECH_SITES__<NAME>__USERNAME
 and __PASSWORD; this site's own from DISTLEECH_COUCHDB__*). They travel in

@@ -33,6 +33,7 @@ from app.store.couch import (
     DocumentNotFoundError,
     UnauthorizedError,
 )
+from app.store.events import site_of
 from app.timeutil import iso, parse_iso
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ def replicate_site(db: Database, link: SiteLink, settings: Settings, now: dateti
     """Run every flow of this site that is due; store and return the site's state."""
     status = read_status(db, link.name)
     flows = status.setdefault("flows", {})
+    if status.get("url") != link.remote.url:  # a new or corrected address: try it at once
+        flows.clear()
+        status["url"] = link.remote.url
     for flow in link.flows:
         state = flows.setdefault(flow, {})
         due = state.get("next_attempt")
@@ -87,12 +91,18 @@ def run_flow(
     source, target = (local, link.remote) if flow == PUSH else (link.remote, local)
     state = dict(state, last_attempt=iso(now), attempts=state.get("attempts", 0) + 1)
     try:
-        _check_log(local, "this site's")
-        _check_log(link.remote, f"site {link.name}'s")
+        _check_database(local, "this site's event log")
+        _check_database(link.remote, f"site {link.name}'s event log")
         through = _update_seq(source)
         written = _replicate(db, source, target)
+        # the events are there, whatever becomes of the accounts below
+        state.update(
+            checkpoint=through,
+            events_written=state.get("events_written", 0) + written,
+            last_written=written,
+        )
         if link.accounts is not None:
-            _replicate_accounts(db, link.accounts, flow)
+            _replicate_accounts(db, link, flow)
     except SiteError as exc:
         failures = state.get("failures", 0) + 1
         backoff = min(
@@ -107,41 +117,36 @@ def run_flow(
         )
         log.warning("replication %s %s failed (%d in a row): %s", flow, link.name, failures, exc)
     else:
-        state.update(
-            state="running",
-            failures=0,
-            last_success=iso(now),
-            checkpoint=through,
-            events_written=state.get("events_written", 0) + written,
-            last_written=written,
-            next_attempt=None,
-        )
+        state.update(state="running", failures=0, last_success=iso(now), next_attempt=None)
         if written:
             log.info("replication %s %s: %d events", flow, link.name, written)
-    state["pending"] = count_pending(source, state.get("checkpoint"))
+    # what the target needs: not the events that came from it
+    state["pending"] = count_pending(
+        source, state.get("checkpoint"), skip_site=link.name if flow == PUSH else site_of(db)
+    )
     state["pending_as_of"] = iso(now)
     return state
 
 
-def _check_log(endpoint: Endpoint, whose: str) -> None:
-    """Raise SiteError unless this event log exists and answers with these credentials."""
+def _check_database(endpoint: Endpoint, what: str) -> None:
+    """Raise SiteError unless this database exists and answers with these credentials."""
     try:
         endpoint.open(timeout=PROBE_SECONDS).info()
     except DocumentNotFoundError:
         raise SiteError(
             "site_database_missing",
-            f"{whose} event log {endpoint.url} does not exist (it is never created by "
+            f"{what} {endpoint.url} does not exist (it is never created by "
             "replication: run `distleech init` there)",
         ) from None
     except UnauthorizedError:
         raise SiteError(
             "site_unauthorized",
-            f"{whose} event log {endpoint.url} refused the credentials (set "
+            f"{what} {endpoint.url} refused the credentials (set "
             "DISTLEECH_SITES__<NAME>__USERNAME/__PASSWORD for another site)",
         ) from None
     except CouchError as exc:
         raise SiteError(
-            "site_unreachable", f"{whose} event log {endpoint.url}: {_cause(exc, [endpoint])}"
+            "site_unreachable", f"{what} {endpoint.url}: {_cause(exc, [endpoint])}"
         ) from None
 
 
@@ -177,9 +182,12 @@ def _replicate(db: Database, source: Endpoint, target: Endpoint) -> int:
     return _written(answer, [source, target])
 
 
-def _replicate_accounts(db: Database, remote: Endpoint, flow: str) -> None:
+def _replicate_accounts(db: Database, link: SiteLink, flow: str) -> None:
+    assert link.accounts is not None
     local = local_endpoint(db, "secrets")
-    source, target = (local, remote) if flow == PUSH else (remote, local)
+    _check_database(local, "this site's secrets database")
+    _check_database(link.accounts, f"site {link.name}'s secrets database")
+    source, target = (local, link.accounts) if flow == PUSH else (link.accounts, local)
     try:
         replicate_accounts(db, source, target)
     except AccountsError as exc:
@@ -206,12 +214,14 @@ def _written(answer: dict[str, Any], endpoints: list[Endpoint]) -> int:
     return int(counts.get("docs_written", 0) or 0)
 
 
-def count_pending(source: Endpoint, checkpoint: Any) -> int | None:
+def count_pending(source: Endpoint, checkpoint: Any, *, skip_site: str = "") -> int | None:
     """Events in `source` after the last successful run (None when it cannot be asked).
 
     Counted from the source's `_changes` since the update sequence read before
-    that run, up to PENDING_LIMIT; what a run wrote meanwhile counts too, so
-    this is an upper bound, right to the event when replication is idle.
+    that run, up to PENDING_LIMIT, leaving out events that came from the
+    target (`skip_site`, named in every event id): they need not go back.
+    What arrived from elsewhere meanwhile counts too, so this is an upper
+    bound, right to the event when replication is idle.
     """
     try:
         feed = source.open(timeout=PROBE_SECONDS).changes(
@@ -219,7 +229,17 @@ def count_pending(source: Endpoint, checkpoint: Any) -> int | None:
         )
     except CouchError:
         return None
-    return sum(1 for row in feed["results"] if row["id"].startswith("ev:"))
+    return sum(
+        1
+        for row in feed["results"]
+        if row["id"].startswith("ev:") and event_site(row["id"]) != skip_site
+    )
+
+
+def event_site(event_id: str) -> str:
+    """The site named in an event id `ev:<time>:<site>:<random>`."""
+    parts = event_id.split(":")
+    return parts[2] if len(parts) == 4 else ""
 
 
 def _store(db: Database, status: dict, name: str) -> None:
