@@ -37,8 +37,8 @@ from app.queues.downloads import TorrentRef
 from app.queues.leasing import QueueLeaser
 from app.sites.links import site_links
 from app.sites.replication import replicate_site
+from app.store.catchup import catch_up_projections
 from app.store.couch import CouchServer, Database
-from app.store.projections import catch_up_projections
 from app.store.setup import init_database
 from app.timeutil import utcnow
 from bench.harness import (

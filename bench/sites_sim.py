@@ -38,8 +38,9 @@ from app.queues.downloads import TorrentRef
 from app.queues.leasing import QueueLeaser
 from app.sites.links import site_links, site_share
 from app.sites.replication import replicate_site
+from app.store.catchup import catch_up_projections
 from app.store.couch import CouchServer, Database
-from app.store.projections import catch_up_projections, comparable
+from app.store.projections import comparable
 from app.store.setup import init_database
 from app.timeutil import utcnow
 from bench import sites_model

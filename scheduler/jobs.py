@@ -16,7 +16,7 @@ from app.config import Settings
 from app.queues import leasing
 from app.sites import replication
 from app.sites.links import SiteLink
-from app.store import projections
+from app.store import catchup, projections
 from app.store.couch import Database
 from app.tracker import peersdb
 
@@ -40,9 +40,10 @@ def catch_up_projections(db: Database, now: datetime) -> int:
 
     Follows the log for changes the read model misses (events from another
     site, a lost projection write), then rolls back projections of commands
-    that crashed before their event reached the log (app/store/projections.py).
+    that crashed before their event reached the log (app/store/catchup.py,
+    app/store/projections.py).
     """
-    repaired = projections.catch_up_projections(db)
+    repaired = catchup.catch_up_projections(db)
     rolled_back = projections.repair_phantoms(db)
     if repaired or rolled_back:
         log.info("repaired %d lagging projections, rolled back %d", repaired, rolled_back)

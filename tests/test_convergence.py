@@ -27,9 +27,10 @@ from app.queues.downloads import TorrentRef, task_doc_id
 from app.queues.leasing import QueueLeaser
 from app.sites.links import site_links, site_share
 from app.sites.replication import replicate_site
+from app.store.catchup import catch_up_projections
 from app.store.couch import Database
 from app.store.events import event_log
-from app.store.projections import catch_up_projections, comparable, rebuild_projections
+from app.store.projections import comparable, rebuild_projections
 from app.store.setup import init_database
 from app.tracker.members import get_tracker_user, register_user, update_user
 

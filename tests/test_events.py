@@ -20,10 +20,11 @@ from app.queues.downloads import TorrentRef, submit_downloads, task_doc_id
 from app.queues.leasing import QueueLeaser, reap_expired_leases
 from app.store import commit as store_commit
 from app.store import events, projections
+from app.store.catchup import catch_up_projections
 from app.store.commit import commit
 from app.store.couch import CouchError, CouchUnavailableError, Database, DocumentConflictError
 from app.store.events import EVENT_PREFIX, ConcurrencyError, event_log, read_events
-from app.store.projections import catch_up_projections, rebuild_projections, repair_phantoms
+from app.store.projections import rebuild_projections, repair_phantoms
 from app.timeutil import iso
 
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from app.queues.albums import import_albums, lease_albums, submit_metadata
 from app.queues.downloads import TorrentRef, lease_downloads, submit_downloads
 from app.queues.leasing import QueueLeaser, reap_expired_leases
-from app.store.projections import catch_up_projections, rebuild_projections
+from app.store.catchup import catch_up_projections
+from app.store.projections import rebuild_projections
 from app.store.setup import init_database
 
 SITES = ["passtheheadphones.me", "orpheus.network"]

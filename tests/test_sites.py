@@ -24,14 +24,10 @@ from app.queues.albums import lease_albums
 from app.queues.leasing import QueueLeaser
 from app.sites.links import MASK, Endpoint, local_endpoint, redact, site_links
 from app.sites.replication import count_pending, read_status, replicate_site, status_id
+from app.store.catchup import LOG_CHECKPOINT_ID, catch_up_projections
 from app.store.couch import CouchServer
 from app.store.events import event_log
-from app.store.projections import (
-    LOG_CHECKPOINT_ID,
-    catch_up_projections,
-    comparable,
-    rebuild_projections,
-)
+from app.store.projections import comparable, rebuild_projections
 from app.tracker.peersdb import init_peers_database, swarm_doc_id
 from scheduler import jobs
 from scheduler.leader import LEADER_DOC_ID, Leader

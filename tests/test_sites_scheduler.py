@@ -20,8 +20,8 @@ from test_sites import linked, log_url, replicate, site_settings, states
 from app.processes import bundled
 from app.sites.replication import FAILING_AFTER, read_status
 from app.sites.status import lag, site_statuses, stopped_after
+from app.store.catchup import catch_up_projections
 from app.store.events import event_log
-from app.store.projections import catch_up_projections
 from app.timeutil import parse_iso
 from scheduler import build_scheduler, sync_site_jobs
 from scheduler.leader import LEADER_DOC_ID, Leader

@@ -4,10 +4,11 @@ Projections are written before their event (app/store/events.py), so in normal
 operation a projection is never behind the log. Two things can still leave
 them apart, and the projector job heals both:
 - an event the read model has not seen: one that arrived by replication, or
-  whose projection write was lost. `catch_up_projections` follows the log's
-  `_changes` from a checkpoint and refolds every aggregate a change touches
-  whose projection has not reached that change's version (events of another
-  site are always refolded: their versions say nothing about ours);
+  whose projection write was lost. `catch_up_projections`
+  (app/store/catchup.py) follows the log's `_changes` from a checkpoint and
+  brings up to date every aggregate a change touches whose projection has not
+  reached that change's version (events of another site always: their
+  versions say nothing about ours);
 - a "phantom": a projection written by a command that crashed (or could not
   reach the log) before its event was appended. The client never heard "ok".
   `repair_phantoms` follows the read model's `_changes` and refolds every
@@ -31,22 +32,17 @@ from app.store.events import (
     LOG_DDOC,
     ConcurrencyError,
     Doc,
-    apply_event,
     change_from_row,
-    changes_of,
     event_log,
-    fold_key,
     is_settled,
     project,
     projected_types,
     read_events,
-    site_of,
 )
 from app.timeutil import iso, utcnow
 
 log = logging.getLogger(__name__)
 
-LOG_CHECKPOINT_ID = "_local/projector-checkpoint"
 PHANTOM_CHECKPOINT_ID = "_local/phantom-checkpoint"
 
 
@@ -95,104 +91,6 @@ def repair_projection(
             continue
         return rebuilt
     raise ConcurrencyError(f"could not repair {aggregate_id}: it keeps changing")
-
-
-def catch_up_projections(db: Database, *, limit: int = 500, max_rounds: int = 100) -> int:
-    """Follow the log's _changes from a checkpoint; refold projections that miss a change.
-
-    Returns how many projections were repaired. An aggregate with a commit in
-    flight is not touched: it is kept in the checkpoint (`deferred`) and tried
-    again at the start of the next run, while the run goes on with the rest.
-    """
-    events = event_log(db)
-    own_site = site_of(db)
-    checkpoint = db.get_or_none(LOG_CHECKPOINT_ID) or {"_id": LOG_CHECKPOINT_ID, "seq": 0}
-    deferred: set[str] = set()
-    repaired = _retry_deferred(db, checkpoint.get("deferred") or [], deferred)
-    for _ in range(max_rounds):
-        feed = events.changes(since=checkpoint["seq"], limit=limit, include_docs=True)
-        arrived: dict[str, list[Doc]] = {}
-        foreign: set[str] = set()
-        for row in feed["results"]:
-            doc = row.get("doc") or {}
-            if doc.get("type") != "event":
-                continue
-            for change in changes_of(doc):
-                arrived.setdefault(change["aggregate"], []).append(change)
-                if change["site"] != own_site:
-                    foreign.add(change["aggregate"])
-        stored: dict[str, Doc] = {}
-        ids = list(arrived)
-        for start in range(0, len(ids), 1000):
-            stored |= db.get_many(ids[start : start + 1000])
-        behind = [
-            agg
-            for agg, changes in arrived.items()
-            if agg in foreign
-            or stored.get(agg, {}).get("version", 0) < max(c["version"] for c in changes)
-        ]
-        slow = _fast_forward(db, behind, stored, arrived)
-        repaired += len(behind) - len(slow)
-        for agg in slow:
-            repaired += _repair_or_defer(db, agg, stored.get(agg), deferred)
-        checkpoint["seq"] = feed["last_seq"]
-        checkpoint["deferred"] = sorted(deferred)
-        try:
-            db.put(checkpoint)
-        except DocumentConflictError:
-            checkpoint = db.get(LOG_CHECKPOINT_ID)  # another projector moved on; follow it
-        if len(feed["results"]) < limit:
-            break
-    return repaired
-
-
-def _fast_forward(
-    db: Database, aggregates: list[str], stored: dict[str, Doc], arrived: dict[str, list[Doc]]
-) -> list[str]:
-    """Apply arrived changes that simply continue a projection, in one bulk write;
-    return the aggregates that need a full refold from the log.
-
-    A projection continues when its changes here are exactly its next versions
-    (the usual case for events of another site: nothing concurrent). Anything
-    else (a change at or below the stored version, which may be concurrent and
-    fold before it; a gap; a projection written moments ago, whose commit may
-    be in flight) is refolded from the log by repair_projection.
-    """
-    writes: list[Doc] = []
-    slow: list[str] = []
-    for agg in aggregates:
-        state = stored.get(agg)
-        changes = sorted(arrived[agg], key=fold_key)
-        base = state.get("version", 0) if state else 0
-        if [c["version"] for c in changes] != list(range(base + 1, base + 1 + len(changes))) or (
-            state is not None and not is_settled(state)
-        ):
-            slow.append(agg)
-            continue
-        for change in changes:
-            state = apply_event(state, change)
-        assert state is not None
-        writes.append(state)
-    for result in db.bulk_docs(writes):
-        if not result.ok:  # written meanwhile (a local commit): refold it
-            slow.append(result.id)
-    return slow
-
-
-def _repair_or_defer(db: Database, agg: str, before: Doc | None, deferred: set[str]) -> int:
-    """Repair one projection; 1 if it changed. One with a commit in flight is deferred."""
-    try:
-        after = repair_projection(db, agg)
-    except InFlightError:
-        log.info("projector: %s has a commit in flight; it is tried again next run", agg)
-        deferred.add(agg)
-        return 0
-    return int(comparable(after) != comparable(before))
-
-
-def _retry_deferred(db: Database, aggregates: list[str], deferred: set[str]) -> int:
-    stored = db.get_many(aggregates) if aggregates else {}
-    return sum(_repair_or_defer(db, agg, stored.get(agg), deferred) for agg in aggregates)
 
 
 def repair_phantoms(db: Database, *, grace_seconds: float | None = None, limit: int = 500) -> int:
