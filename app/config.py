@@ -320,7 +320,7 @@ def load_settings(
 
 def _masked(message: str) -> str:
     """A validation message without the user:password@ of a URL it quotes."""
-    return re.sub(r"(//)[^/@\s']*@", r"\1***@", message)
+    return re.sub(r"//[^\s]*@", "//***@", message)  # up to a URL's last "@"
 
 
 def _freeze(values: dict[str, Any]) -> Settings:

@@ -23,8 +23,11 @@ from test_rebuild_property import commands as single_site_commands
 
 from app.config import load_settings
 from app.queues.albums import import_albums, lease_albums, submit_metadata
+from app.queues.archive import Completion, complete_task, queue_url
+from app.queues.archive import lease_next as archive_lease
+from app.queues.archive import task_doc_id as archive_doc_id
 from app.queues.downloads import TorrentRef, task_doc_id
-from app.queues.leasing import QueueLeaser
+from app.queues.leasing import QueueLeaser, reap_expired_leases
 from app.sites.links import site_links, site_share
 from app.sites.replication import replicate_site
 from app.store.catchup import catch_up_projections
@@ -221,6 +224,69 @@ def test_sites_apart_lease_from_their_own_share_first(sites, shared):
     assert set(rest[:own_left]) == in_alpha_share - at_alpha
     everything = {album_id_for("Cockburn, Bruce", t) for t in titles}
     assert set(rest[own_left:]) == everything - in_alpha_share
+
+
+def test_one_holders_lease_ending_leaves_the_other_holding(sites):
+    """Alpha's short lease expires (alpha's reaper, apart); beta's long one runs on:
+    after they meet the album is still held by beta's worker, and no site hands
+    it out again until that lease ends too."""
+    imported(sites.alpha, ["Humans"], START)
+    sites.meet()
+    album = album_id_for("Cockburn, Bruce", "Humans")
+    lease_albums(QueueLeaser(sites.alpha), "worker-a", 1, START, 1)
+    lease_albums(QueueLeaser(sites.beta), "worker-b", 1, START + timedelta(seconds=5), 60)
+    assert reap_expired_leases(sites.alpha, START + timedelta(minutes=2)) == 1
+    sites.meet()
+    assert_converged(sites)
+    lease = get_album(sites.beta, album)["lease"]
+    assert (lease["holder"], lease.get("also_held_by")) == ("worker-b", None)
+    later = START + timedelta(minutes=5)
+    assert lease_albums(QueueLeaser(sites.beta), "worker-c", 1, later, 60) == []
+    assert lease_albums(QueueLeaser(sites.alpha), "worker-c", 1, later, 60) == []
+    # and when beta's lease has run out, the reaper returns it: every holder gone
+    assert reap_expired_leases(sites.beta, START + timedelta(hours=2)) == 1
+    assert get_album(sites.beta, album)["state"] == "ready"
+
+
+def test_a_found_album_stays_found_whatever_the_other_site_did_meanwhile(sites):
+    """Beta went further while apart (not found, then leased again): its later lease
+    must not take back alpha's result."""
+    imported(sites.alpha, ["Humans"], START)
+    sites.meet()
+    album = album_id_for("Cockburn, Bruce", "Humans")
+    lease_albums(QueueLeaser(sites.alpha), "worker-a", 1, START, 60)
+    submit_metadata(
+        sites.alpha, {album: [TorrentRef(PTH, 7)]}, holder="worker-a", now=START, retry_minutes=60
+    )
+    beta = QueueLeaser(sites.beta)
+    lease_albums(beta, "worker-b", 1, START, 60)
+    submit_metadata(sites.beta, {album: []}, holder="worker-b", now=START, retry_minutes=1)
+    later = START + timedelta(minutes=2)
+    assert [a["id"] for a in lease_albums(beta, "worker-c", 1, later, 60)] == [album]
+    sites.meet(later)
+    assert_converged(sites)
+    for db in (sites.alpha, sites.beta):
+        doc = get_album(db, album)
+        assert (doc["state"], doc["lease"]) == ("found", None)
+    far = START + timedelta(hours=3)
+    assert reap_expired_leases(sites.alpha, far) == 0  # nothing to return to the queue
+    assert lease_albums(QueueLeaser(sites.alpha), "worker-d", 1, far, 60) == []
+
+
+def test_a_url_archived_at_one_site_stays_done_when_the_other_reports_a_failure(sites):
+    url = "https://example.org/page"
+    queued = queue_url(sites.alpha, url, 0, actor="queuer", now=START).task
+    sites.meet()
+    task_id = queued["id"]
+    for db, holder in ((sites.alpha, "worker-a"), (sites.beta, "worker-b")):
+        assert archive_lease(QueueLeaser(db), holder, START, 60) is not None
+    done = Completion(task_id, "done", "worker-a")
+    complete_task(sites.alpha, done, now=START, max_attempts=3)
+    failed = Completion(task_id, "failed", "worker-b", reason="timeout")
+    complete_task(sites.beta, failed, now=START + timedelta(seconds=1), max_attempts=3)
+    sites.meet()
+    assert_converged(sites)
+    assert sites.beta.get(archive_doc_id(task_id))["state"] == "done"
 
 
 # ---------------------------------------------------------------- property

@@ -463,3 +463,14 @@ def test_candidates_leased_elsewhere_do_not_pile_up_in_memory():
             ready.upsert((0, 0, 1), "2026-01-01", doc_id, None)
             ready.discard(doc_id)  # leased by another process before this one got to it
     assert sum(len(heap) for heap in ready.heaps.values()) <= 1000
+
+
+def test_taking_from_another_sites_share_looks_past_work_stamped_in_the_future():
+    """Another site's share is taken newest first; an item its clock (ahead of ours)
+    stamped in the future must not hide the due ones below it."""
+    ready = candidates.ReadyQueue()
+    steal = (1, 0, 0)  # another site's share, never tried, another process's slot
+    ready.upsert(steal, "2026-01-01T12:00:00Z", "album:1", None)
+    ready.upsert(steal, "2030-01-01T00:00:00Z", "album:9", None)
+    assert ready.take_due(5, "2026-06-01T00:00:00Z") == ["album:1"]
+    assert ready.take_due(5, "2031-01-01T00:00:00Z") == ["album:9"]  # still there, once due

@@ -18,7 +18,8 @@ from app.errors import InvalidCsvError
 from app.ids import normalize_key, stable_int_id
 from app.queues import downloads
 from app.queues.downloads import TorrentRef
-from app.queues.leasing import LEASED, READY, QueueLeaser, apply_lease_event
+from app.queues.holders import LEASED, READY, apply_lease_event, without_holders
+from app.queues.leasing import QueueLeaser
 from app.store.commit import check_none_lost, commit, confirm_states
 from app.store.couch import Database
 from app.store.events import Decision, Doc
@@ -41,7 +42,7 @@ def apply_album_event(state: Doc, event: Doc) -> None:
         return
     name, data = event["name"], event["data"]
     if name == "imported":
-        if event.get("concurrent"):
+        if "id" in state:
             return  # imported at two sites while apart: added once, as the first had it
         state.update(
             id=data["id"],
@@ -68,8 +69,11 @@ def apply_album_event(state: Doc, event: Doc) -> None:
     elif name == "not_found":
         state["not_found"] += 1
         state["last_not_found_at"] = event["at"]
-        held_by_other = state["state"] == LEASED and state["lease"]["holder"] != event["actor"]
-        if state["state"] != FOUND and not held_by_other:
+        if state["state"] == LEASED:  # the reporter's hold ends; another holder keeps it
+            state["lease"] = without_holders(state["lease"], [event["actor"]])
+            if state["lease"] is not None:
+                return
+        if state["state"] != FOUND:
             state.update(state=READY, queue_group=1, available_at=data["retry_at"], lease=None)
 
 

@@ -31,7 +31,8 @@ from app.errors import (
 )
 from app.ids import MAX_SAFE_INT, stable_int_id
 from app.queues import workers
-from app.queues.leasing import LEASED, READY, QueueLeaser, apply_lease_event
+from app.queues.holders import LEASED, READY, apply_lease_event, without_holders
+from app.queues.leasing import QueueLeaser
 from app.store.commit import commit
 from app.store.couch import Database
 from app.store.events import Decision, Doc
@@ -144,11 +145,15 @@ def apply_url_task_event(state: Doc, event: Doc) -> None:
         _start_round(state, event)
     elif name == "completed":
         state.update(state=DONE, lease=None, completed_at=event["at"], completed_by=event["actor"])
+    elif name == "failed" and state["state"] in (DONE, FAILED):
+        state["ignored_results"] = state.get("ignored_results", 0) + 1  # another site's, apart
     elif name == "failed":
-        state.update(attempts=data["attempt"], last_reason=data["reason"], lease=None)
+        state.update(attempts=data["attempt"], last_reason=data["reason"])
         if data.get("final"):
-            state.update(state=FAILED, failed_at=event["at"])
-        else:
+            state.update(state=FAILED, failed_at=event["at"], lease=None)
+            return
+        state["lease"] = without_holders(state.get("lease"), [event["actor"]])
+        if state["lease"] is None:  # nobody else holds it (another site's worker may)
             state.update(state=READY, queue_group=1, available_at=data["retry_at"])
 
 

@@ -21,6 +21,7 @@ from app.store.events import Doc
 
 log = logging.getLogger(__name__)
 
+SKIP_NOT_DUE = 1000  # items due later that one call looks past in a newest-first heap
 CACHED_DOCS = 5000  # per queue, documents kept in memory; beyond that only ids and order
 
 Order = tuple[str, str, str]  # (sort key, available_at, id) inside one heap
@@ -83,19 +84,29 @@ class ReadyQueue:
         taken: list[str] = []
         for place in sorted(self.heaps):
             heap = self.heaps[place]
+            not_yet: list[Order] = []  # a newest-first heap may hold due items below these
             while heap and len(taken) < wanted:
                 _, available_at, doc_id = heap[0]
                 if self.entries.get(doc_id) != (place, heap[0]):
                     heapq.heappop(heap)  # moved or gone since it was pushed
                     continue
                 if available_at > now_iso:
-                    break  # the rest of this heap is due later still
+                    if not _newest_first(place) or len(not_yet) >= SKIP_NOT_DUE:
+                        break  # oldest first: the rest of this heap is due later still
+                    not_yet.append(heapq.heappop(heap))
+                    continue
                 heapq.heappop(heap)
                 del self.entries[doc_id]
                 taken.append(doc_id)
+            for order in not_yet:
+                heapq.heappush(heap, order)
         self.pushed -= len(taken)
         self.in_flight.update(taken)
         return taken
+
+
+def _newest_first(place: Place) -> bool:
+    return place[0] > 0 and place[1] == 0
 
 
 def _sort_key(place: Place, available_at: str, doc_id: str) -> str:
@@ -107,7 +118,7 @@ def _sort_key(place: Place, available_at: str, doc_id: str) -> str:
     yet rarely hand out the same item. (Code points are mirrored: a min-heap
     of mirrored strings gives the largest first.)
     """
-    if place[0] > 0 and place[1] == 0:
+    if _newest_first(place):
         return "".join(chr(0x10FFFF - ord(c)) for c in f"{available_at}\x00{doc_id}")
     return available_at
 

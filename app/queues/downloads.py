@@ -17,7 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app.ids import stable_int_id
-from app.queues.leasing import READY, QueueLeaser, apply_lease_event
+from app.queues.holders import READY, apply_lease_event
+from app.queues.leasing import QueueLeaser
 from app.store.commit import check_none_lost, commit
 from app.store.couch import Database
 from app.store.events import Decision, Doc

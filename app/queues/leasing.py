@@ -43,6 +43,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.queues.candidates import PhaseTimer, Place, ReadyQueue
+from app.queues.holders import LEASED, READY, expired_holders
 from app.store.commit import commit
 from app.store.couch import Database
 from app.store.events import Doc, is_settled, unbacked
@@ -50,8 +51,6 @@ from app.timeutil import iso
 
 log = logging.getLogger(__name__)
 
-LEASED = "leased"
-READY = "ready"
 MAX_ROUNDS = 50  # lease rounds per call: a backstop, rounds normally end on their own
 FIRST_PAGE_ROWS = 2000  # the fresh read that starts a queue's set, with documents
 PAGE_ROWS = 2000  # view rows read at a time (stale=ok, ids only) as the set is consumed
@@ -71,39 +70,6 @@ def is_leasable(state: Doc | None, queue: str, now: datetime) -> bool:
 def is_ready_in(doc: Doc | None, queue: str) -> bool:
     """Ready in this queue, whenever it is due."""
     return doc is not None and doc.get("state") == READY and doc.get("queue") == queue
-
-
-def apply_lease_event(state: Doc, event: Doc) -> bool:
-    """Apply the lease life-cycle events every queued aggregate shares; True if handled."""
-    name, data = event["name"], event["data"]
-    if name == "leased":
-        lease = {"holder": data["holder"], "leased_at": event["at"]}
-        lease["expires_at"] = data["expires_at"]
-        state["leases"] = state.get("leases", 0) + 1
-        if event.get("concurrent") and state.get("state") != READY:
-            _add_concurrent_holder(state, lease)
-            return True
-        state["state"] = LEASED
-        state["lease"] = lease
-    elif name in ("lease_expired", "released"):
-        if state.get("state") == LEASED:
-            state["state"] = READY
-            state["available_at"] = event["at"]
-        state["lease"] = None
-    else:
-        return False
-    return True
-
-
-def _add_concurrent_holder(state: Doc, lease: Doc) -> None:
-    """Another site leased the same item while apart: both hold it until the lease
-    ends (the later expiry counts) or a result arrives. An item that is no
-    longer leased here (a result filled it) stays as it is; the log keeps the lease."""
-    if state.get("state") != LEASED or not state.get("lease"):
-        return
-    current = state["lease"]
-    current.setdefault("also_held_by", []).append(lease)
-    current["expires_at"] = max(current["expires_at"], lease["expires_at"])
 
 
 def lease_decision(
@@ -384,7 +350,10 @@ def reap_expired_leases(
         lease = (state or {}).get("lease") or {}
         if (state or {}).get("state") != LEASED or lease.get("expires_at", "~") > iso(now):
             return None
-        return "lease_expired", {"holder": lease.get("holder")}
+        return "lease_expired", {
+            "holder": lease.get("holder"),
+            "holders": expired_holders(lease, iso(now)),
+        }
 
     reaped = 0
     while True:

@@ -39,36 +39,34 @@ class AccountsError(Exception):
         self.code, self.reason = code, reason
 
 
-def replicate_accounts(db: Database, source: Endpoint, target: Endpoint) -> int:
-    """One-shot `_replicate` of the secrets database; resolve what it brought. Return
-    the documents written."""
+def replicate_accounts(
+    db: Database, source: Endpoint, target: Endpoint, resolved_through: Any
+) -> Any:
+    """One-shot `_replicate` of the secrets database, then drop the losing revisions of
+    everything the target received since `resolved_through` (None: since this run
+    began) and compact. Return the target's sequence resolved through, for the next
+    run to start from: a resolution that failed is tried again then, not forgotten."""
     endpoints = [source, target]
     try:
         target_db = target.open(timeout=PROBE_SECONDS)
         source.open(timeout=PROBE_SECONDS).info()  # missing: never created by replication
-        since = target_db.info()["update_seq"]
-        answer = db.server.request(
+        since = target_db.info()["update_seq"] if resolved_through is None else resolved_through
+        db.server.request(
             "POST",
             "_replicate",
             body={"source": source.with_credentials(), "target": target.with_credentials()},
             timeout=REPLICATE_SECONDS,
             idempotent=False,
-        ).json()
-    except CouchError as exc:
-        raise AccountsError("accounts_replication_failed", redact(str(exc), endpoints)) from None
-    counts = answer if "docs_written" in answer else (answer.get("history") or [{}])[0]
-    written = int(counts.get("docs_written", 0) or 0)
-    if written:
-        try:
+        )
+        through = target_db.info()["update_seq"]
+        if through != since:  # something arrived (or was resolved) since then
             resolved = resolve_conflicts(target_db, since)
             compact_database(target_db)
-        except CouchError as exc:
-            raise AccountsError(
-                "accounts_replication_failed", redact(str(exc), endpoints)
-            ) from None
-        if resolved:
-            log.info("secrets: dropped %d losing revisions at %s", resolved, target.url)
-    return written
+            if resolved:
+                log.info("secrets: dropped %d losing revisions at %s", resolved, target.url)
+    except CouchError as exc:
+        raise AccountsError("accounts_replication_failed", redact(str(exc), endpoints)) from None
+    return through
 
 
 def resolve_conflicts(sdb: Database, since: Any) -> int:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 FAILING_AFTER = 3  # consecutive failures before a flow is "failing" rather than "retrying"
 PENDING_LIMIT = 10_000  # pending events are counted up to this many
 PROBE_SECONDS = 10.0  # checking a site's log, counting its pending events
-REPLICATE_SECONDS = 3600.0  # one `_replicate` request; it resumes from its checkpoint if cut
+REPLICATE_SECONDS = 600.0  # one `_replicate` request; the next resumes from its checkpoint
 
 
 class SiteError(Exception):
@@ -102,7 +102,9 @@ def run_flow(
             last_written=written,
         )
         if link.accounts is not None:
-            _replicate_accounts(db, link, flow)
+            state["accounts_checkpoint"] = _replicate_accounts(
+                db, link, flow, state.get("accounts_checkpoint")
+            )
     except SiteError as exc:
         failures = state.get("failures", 0) + 1
         backoff = min(
@@ -182,14 +184,14 @@ def _replicate(db: Database, source: Endpoint, target: Endpoint) -> int:
     return _written(answer, [source, target])
 
 
-def _replicate_accounts(db: Database, link: SiteLink, flow: str) -> None:
+def _replicate_accounts(db: Database, link: SiteLink, flow: str, resolved_through: Any) -> Any:
     assert link.accounts is not None
     local = local_endpoint(db, "secrets")
     _check_database(local, "this site's secrets database")
     _check_database(link.accounts, f"site {link.name}'s secrets database")
     source, target = (local, link.accounts) if flow == PUSH else (link.accounts, local)
     try:
-        replicate_accounts(db, source, target)
+        return replicate_accounts(db, source, target, resolved_through)
     except AccountsError as exc:
         raise SiteError(exc.code, exc.reason) from None
 
@@ -232,7 +234,7 @@ def count_pending(source: Endpoint, checkpoint: Any, *, skip_site: str = "") -> 
     return sum(
         1
         for row in feed["results"]
-        if row["id"].startswith("ev:") and event_site(row["id"]) != skip_site
+        if row["id"].startswith("ev:") and event_site(row["id"]).lower() != skip_site.lower()
     )
 
 

@@ -96,10 +96,13 @@ def _stored(db: Database, arrived: dict[str, list[Doc]], foreign: set[str]) -> d
     """The stored projections of the arrived aggregates, except those another site
     created: they are written as new documents, and one that exists here after all
     (created at both sites) conflicts and is refolded."""
+    own_site = site_of(db)
     ids = [
         agg
         for agg, changes in arrived.items()
-        if agg not in foreign or min(c["version"] for c in changes) > 1
+        if agg not in foreign
+        or not any(c["version"] == 1 for c in changes)
+        or any(c["version"] == 1 and c["site"] == own_site for c in changes)
     ]
     stored: dict[str, Doc] = {}
     for start in range(0, len(ids), 1000):
