@@ -17,13 +17,14 @@ from conftest import START
 from factories import event_ids, get_album, make_albums
 from test_sites import linked, log_url, replicate, site_settings, states
 
+from app.config import load_settings
 from app.processes import bundled
 from app.sites.replication import FAILING_AFTER, read_status
 from app.sites.status import lag, site_statuses, stopped_after
 from app.store.catchup import catch_up_projections
 from app.store.events import event_log
 from app.timeutil import parse_iso
-from scheduler import build_scheduler, sync_site_jobs
+from scheduler import _follow_config, build_scheduler, sync_site_jobs
 from scheduler.leader import LEADER_DOC_ID, Leader
 
 USER, PASSWORD = "alpha", "s3cr3t-pw"
@@ -223,6 +224,32 @@ def test_each_site_gets_its_replication_job_and_a_config_change_adds_and_removes
     leader = Leader(alpha, lease_seconds=30)
     sync_site_jobs(scheduler, site_settings("alpha", sites), alpha, leader, lambda: START)
     assert job_ids(scheduler) == sorted(others + ["replicate_delta", "replicate_gamma"])
+
+
+def test_the_scheduler_follows_the_config_file_and_survives_a_broken_one(alpha, started, tmp_path):
+    """What `distleech scheduler` does at every poll: read config.yaml again."""
+    config = tmp_path / "config.yaml"
+    config.write_text("site:\n  name: alpha\n", encoding="utf-8")
+
+    def reload():
+        return load_settings(config_path=config, environ={})
+
+    settings = reload()
+    scheduler = started(build_scheduler(settings, alpha))
+    leader = Leader(alpha, lease_seconds=30)
+    config.write_text(
+        "site:\n  name: alpha\nsites:\n  beta:\n    url: http://beta.example/b_events\n",
+        encoding="utf-8",
+    )
+    settings = _follow_config(scheduler, settings, reload, alpha, leader)
+    assert "replicate_beta" in job_ids(scheduler) and list(settings.sites) == ["beta"]
+    for broken in (b"sites: [\n", "site:\n  name: caf\xe9\n".encode("latin-1")):
+        config.write_bytes(broken)  # invalid YAML; then not UTF-8 at all
+        assert _follow_config(scheduler, settings, reload, alpha, leader) is settings
+        assert "replicate_beta" in job_ids(scheduler)  # the last good config stays
+    config.write_text("site:\n  name: alpha\n", encoding="utf-8")
+    _follow_config(scheduler, settings, reload, alpha, leader)
+    assert not [job for job in job_ids(scheduler) if job.startswith("replicate_")]
 
 
 def test_a_corrected_site_url_takes_effect_without_a_restart(alpha, beta, clock, started):
