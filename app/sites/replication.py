@@ -9,7 +9,9 @@ a missing database is reported (`site_database_missing`), never created
 (pouchdb-server would create a missing target silently). A failed flow is
 retried with exponential backoff (`replicate_seconds` doubled per failure, at
 most `replicate_max_backoff_seconds`); after FAILING_AFTER failures in a row
-its state says "failing" instead of "retrying".
+its state says "failing" instead of "retrying". With `accounts` (the
+default) the same flow then replicates the secrets database
+(app/sites/accounts.py); the events count as arrived either way.
 
 The state of every flow lives in one `_local/site:<name>` document of the
 read model: local documents never replicate and never reach `_changes` or a
