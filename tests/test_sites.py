@@ -17,15 +17,16 @@ import pytest
 from conftest import START
 from factories import event_ids, get_album, make_albums
 
-from app.accounts.auth import add_user, issue_token
-from app.accounts.credentials import list_secret_documents
+from app.accounts.auth import add_user, change_password, issue_token
+from app.accounts.credentials import list_secret_documents, secrets_db
 from app.config import ConfigError, load_settings
 from app.queues.albums import lease_albums
 from app.queues.leasing import QueueLeaser
+from app.sites import accounts
 from app.sites.links import MASK, Endpoint, local_endpoint, redact, site_links
 from app.sites.replication import count_pending, read_status, replicate_site, status_id
 from app.store.catchup import LOG_CHECKPOINT_ID, catch_up_projections
-from app.store.couch import CouchServer
+from app.store.couch import CouchServer, CouchUnavailableError
 from app.store.events import event_log
 from app.store.projections import comparable, rebuild_projections
 from app.tracker.peersdb import init_peers_database, swarm_doc_id
@@ -318,3 +319,49 @@ def test_events_flow_even_when_the_other_sites_secrets_database_is_missing(alpha
     assert event_ids(beta) == event_ids(alpha)  # the events went through
     assert push["events_written"] == 1 and push["pending"] == 0
     assert not beta.server.database_exists(f"{beta.name}_secrets")  # never created
+
+
+def test_events_the_other_sites_validator_refuses_are_reported(alpha, beta):
+    """A site whose log refuses what arrives (its validator, its rights) is not
+    "running": the flow says how many events were refused."""
+    log = event_log(beta)
+    design = log.get(LOG_DESIGN)
+    design["validate_doc_update"] = (
+        "function (newDoc) { if (newDoc._id.indexOf('_design/') !== 0) "
+        "{ throw({forbidden: 'closed for maintenance'}); } }"
+    )
+    log.put(design)
+    make_albums(alpha, 2, now=START)
+    push = replicate(alpha, linked(beta, direction="push"), "beta", START)["flows"]["push"]
+    assert push["state"] == "retrying"
+    assert push["last_error"]["code"] == "replication_refused"
+    assert "1 events were refused" in push["last_error"]["reason"]
+    assert not [i for i in event_ids(beta) if i in event_ids(alpha)]
+
+
+def test_a_secrets_conflict_left_unresolved_is_resolved_at_the_next_run(alpha, beta, monkeypatch):
+    """Resolution and compaction that fail once are tried again, never forgotten,
+    even when nothing new arrives (a push-only link)."""
+    add_user(alpha, "root", "correct horse battery", admin=True, actor="t", now=START)
+    link = linked(beta, direction="push")
+    replicate(alpha, link, "beta", START)
+    catch_up_projections(beta)  # beta knows the user: it can change its password too
+    change_password(alpha, "root", "alpha's new password", actor="a", now=START)
+    change_password(beta, "root", "beta's new password", actor="b", now=START)
+    real = accounts.resolve_conflicts
+    calls = []
+
+    def failing_once(sdb, since):
+        calls.append(since)
+        if len(calls) == 1:
+            raise CouchUnavailableError(503, "unavailable", "injected")
+        return real(sdb, since)
+
+    monkeypatch.setattr(accounts, "resolve_conflicts", failing_once)
+    first = replicate(alpha, link, "beta", START)["flows"]["push"]
+    assert first["last_error"]["code"] == "accounts_replication_failed"
+    later = START + timedelta(minutes=10)
+    second = replicate(alpha, link, "beta", later)["flows"]["push"]
+    assert second["state"] == "running"
+    doc = secrets_db(beta).get("password_hash:root", conflicts=True)
+    assert doc.get("_conflicts", []) == []
