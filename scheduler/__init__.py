@@ -198,7 +198,7 @@ def _follow_config(
     """Apply a changed `sites:` section; return the settings now in force."""
     try:
         fresh = reload()
-    except ConfigError as exc:
+    except (ConfigError, OSError, ValueError) as exc:  # unreadable, undecodable, invalid
         log.warning("config not reloaded, keeping the last good one: %s", exc)
         return settings
     if (fresh.sites, fresh.scheduler) != (settings.sites, settings.scheduler):
