@@ -267,6 +267,10 @@ class AlreadyExistsError(ApiError):
     status, code = 409, "already_exists"
 
 
+class InvalidInviteError(ApiError):
+    status, code = 400, "invalid_invite"
+
+
 class UserNotFoundError(ApiError):
     status, code = 404, "user_not_found"
 

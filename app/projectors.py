@@ -9,7 +9,7 @@ process happened to import. Registering again changes nothing.
 
 from __future__ import annotations
 
-from app.accounts import auth
+from app.accounts import auth, invites
 from app.queues import albums, archive, downloads, workers
 from app.registry import aggregate as torrents
 from app.store.events import Projector, register_projector
@@ -24,6 +24,7 @@ PROJECTORS: dict[str, Projector] = {
     "torrentfile": torrents.apply_torrent_file_event,
     "user": auth.apply_user_event,
     "token": auth.apply_token_event,
+    "invite": invites.apply_invite_event,
     tracker_accounts.TRACKED: tracker_accounts.apply_tracked_event,
     tracker_accounts.TRACKER_USER: tracker_accounts.apply_tracker_user_event,
     tracker_accounts.WHITELIST: tracker_accounts.apply_whitelist_event,

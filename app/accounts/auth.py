@@ -80,7 +80,8 @@ def token_doc_id(token_id: str) -> str:
 def apply_user_event(state: Doc, event: Doc) -> None:
     name, data = event["name"], event["data"]
     if name == "created":
-        state.update(name=data["name"], admin=data["admin"], state="active")
+        role = data.get("role") or (ADMIN if data["admin"] else "member")
+        state.update(name=data["name"], admin=data["admin"], role=role, state="active")
     elif name == "removed":  # `password_changed` changes no state: the hash is a secret
         state["state"] = "removed"
 

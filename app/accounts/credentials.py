@@ -15,6 +15,8 @@ too.
 
 Documents:
 - `password_hash:<user name>` `{type, user, hash}`: a werkzeug (scrypt) hash.
+- `invite_hash:<sha256 of the invite's secret>` `{type, invite}`: the public id
+  of the invite (`invite:<id>`, app/accounts/invites.py).
 - `token_hash:<sha256 of the token>` `{type, token, name, role}`: `token` is
   the random public id of the token's aggregate `token:<id>`, which says
   nothing about the secret. Whether the token still works is the read
@@ -47,6 +49,7 @@ from app.store.couch import Database, DocumentConflictError, DocumentNotFoundErr
 
 PASSWORD_PREFIX = "password_hash:"
 TOKEN_PREFIX = "token_hash:"
+INVITE_PREFIX = "invite_hash:"
 _ATTEMPTS = 5
 
 _ready: set[tuple[str, str]] = set()  # (server url, name) of secrets databases set up
@@ -196,6 +199,17 @@ def find_token(db: Database, token_sha256: str) -> str | None:
     """The public id of the token with this SHA-256, or None if no token has it."""
     doc = _get(db, TOKEN_PREFIX + token_sha256)
     return str(doc["token"]) if doc else None
+
+
+def link_invite(db: Database, invite_sha256: str, invite_id: str) -> None:
+    """Map an invite's secret (its SHA-256) to the invite's public id."""
+    _upsert(db, INVITE_PREFIX + invite_sha256, {"type": "invite_hash", "invite": invite_id})
+
+
+def find_invite(db: Database, invite_sha256: str) -> str | None:
+    """The public id of the invite with this secret, or None."""
+    doc = _get(db, INVITE_PREFIX + invite_sha256)
+    return str(doc["invite"]) if doc else None
 
 
 def list_secret_documents(db: Database) -> list[dict[str, Any]]:

@@ -12,10 +12,22 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.api import admin, archive, cache, ingest, metadata, sites, stats, torrents, tracker
+    from app.api import (
+        accounts,
+        admin,
+        archive,
+        cache,
+        ingest,
+        metadata,
+        sites,
+        stats,
+        torrents,
+        tracker,
+    )
 
     app.before_request(refuse_cross_site_writes)
-    for module in (metadata, archive, stats, admin, torrents, ingest, cache, tracker, sites):
+    modules = (metadata, archive, stats, admin, torrents, ingest, cache, tracker, sites, accounts)
+    for module in modules:
         app.register_blueprint(module.bp)
 
 

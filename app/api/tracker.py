@@ -16,13 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import bencode2
-import jsonschema
 from flask import Blueprint, Response, jsonify, request
 
 from app.accounts.auth import ADMIN, current_principal, requires
-from app.api.web import context, json_body
+from app.api.web import checked_body, context, object_schema
 from app.config import Settings
-from app.errors import MissingFieldError, UnknownPasskeyError, ValidationFailedError
+from app.errors import MissingFieldError, UnknownPasskeyError
 from app.ids import MAX_SAFE_INT
 from app.registry import queries
 from app.timeutil import iso
@@ -35,36 +34,16 @@ _ID = {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INT}
 _TEXT = {"type": "string", "maxLength": accounts.MAX_NAME_CHARS}
 
 
-def _object(properties: dict[str, Any], required: list[str]) -> jsonschema.Draft202012Validator:
-    schema = {
-        "type": "object",
-        "properties": properties,
-        "required": required,
-        "additionalProperties": False,
-        "minProperties": 1,
-    }
-    return jsonschema.Draft202012Validator(schema)
-
-
-TORRENT_BODY = _object(
+TORRENT_BODY = object_schema(
     {"info_hash": {"type": "string"}, "torrent_id": _ID, "name": _TEXT},
     ["info_hash", "torrent_id", "name"],
 )
 USER_FIELDS = {"passkey": {"type": "string"}, "can_leech": {"type": "boolean"}, "name": _TEXT}
-USER_BODY = _object({"user_id": _ID, **USER_FIELDS}, ["user_id", "name"])
-USER_PATCH_BODY = _object(USER_FIELDS, [])
-WHITELIST_BODY = _object({"prefix": {"type": "string"}, "client": _TEXT}, ["prefix", "client"])
-
-
-def _body(validator: jsonschema.Draft202012Validator) -> dict[str, Any]:
-    """The JSON body, checked against a schema; raise validation_failed saying where."""
-    body = json_body(request)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(body))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(body)"
-        raise ValidationFailedError(f"The body is not valid at {where}: {error.message}")
-    assert isinstance(body, dict)
-    return body
+USER_BODY = object_schema({"user_id": _ID, **USER_FIELDS}, ["user_id", "name"])
+USER_PATCH_BODY = object_schema(USER_FIELDS, [])
+WHITELIST_BODY = object_schema(
+    {"prefix": {"type": "string"}, "client": _TEXT}, ["prefix", "client"]
+)
 
 
 def _who() -> dict[str, Any]:
@@ -79,7 +58,7 @@ def _who() -> dict[str, Any]:
 @requires(ADMIN)
 def register_torrent() -> tuple[Response, int]:
     """Track a torrent: {info_hash, torrent_id, name}. Who: admins. 201, or 409 if tracked."""
-    body = _body(TORRENT_BODY)
+    body = checked_body(TORRENT_BODY)
     doc = accounts.register_torrent(
         context().db, body["info_hash"], body["torrent_id"], body["name"], **_who()
     )
@@ -174,7 +153,7 @@ def register_user() -> tuple[Response, int]:
     Without a passkey one is generated and answered as `passkey`, this once:
     only its hash is stored.
     """
-    body = _body(USER_BODY)
+    body = checked_body(USER_BODY)
     doc, passkey = members.register_user(
         context().db,
         body["user_id"],
@@ -206,7 +185,7 @@ def get_user(user_id: str) -> Response:
 @requires(ADMIN)
 def update_user(user_id: str) -> Response:
     """Change a user's name, can_leech or passkey (a new one replaces the old at once)."""
-    body = _body(USER_PATCH_BODY)
+    body = checked_body(USER_PATCH_BODY)
     doc = members.update_user(
         context().db,
         accounts.check_user_id(user_id),
@@ -248,7 +227,7 @@ def user_torrents(user_id: str) -> Response:
 @requires(ADMIN)
 def add_whitelist_entry() -> tuple[Response, int]:
     """Allow a client by peer_id prefix: {prefix, client}. An empty whitelist allows all."""
-    body = _body(WHITELIST_BODY)
+    body = checked_body(WHITELIST_BODY)
     doc = accounts.add_whitelist_entry(context().db, body["prefix"], body["client"], **_who())
     return jsonify({"prefix": doc["prefix"], "client": doc["client"]}), 201
 

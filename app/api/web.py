@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Request, current_app
+import jsonschema
+from flask import Request, current_app, request
 
 from app.errors import (
     InvalidJsonError,
@@ -131,3 +132,28 @@ def parse_rows(raw: Any, maximum: int) -> int:
     if value is None or value < 1:
         raise InvalidRowsError(f"rows must be a whole number from 1 to {maximum}, got {raw!r}.")
     return min(value, maximum)
+
+
+def object_schema(
+    properties: dict[str, Any], required: list[str], *, may_be_empty: bool = False
+) -> Any:
+    """A validator for a JSON object body with exactly these fields (some required)."""
+    schema = {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+        "minProperties": 0 if may_be_empty else 1,
+    }
+    return jsonschema.Draft202012Validator(schema)
+
+
+def checked_body(validator: Any) -> dict[str, Any]:
+    """The JSON body, checked against a schema; raise validation_failed saying where."""
+    body = json_body(request)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(body))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(body)"
+        raise ValidationFailedError(f"The body is not valid at {where}: {error.message}")
+    assert isinstance(body, dict)
+    return body

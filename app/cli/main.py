@@ -281,6 +281,38 @@ def rebuild(check: bool) -> None:
         click.echo(f"{report.written} projections written")
 
 
+@main.group()
+def invite() -> None:
+    """One-time invites: a secret that lets one person register (POST /api/register)."""
+
+
+@invite.command("create")
+@click.option("--role", type=click.Choice(["member", "uploader", "admin"]), default="member")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True, max=90), default=7.0)
+def invite_create(role: str, days: float) -> None:
+    """Create an invite and print its secret once; only its hash is stored."""
+    from app.accounts.invites import create_invite
+
+    db = cli_db(cli_settings())
+    secret, doc = create_invite(db, inviter=cli_actor(), role=role, days=days, now=utcnow())
+    click.echo(secret)
+    click.echo(f"(invite for a {role}, until {doc['expires_at']}: shown once)", err=True)
+
+
+@invite.command("list")
+def invite_list() -> None:
+    """List invites: id, role, state, expiry, who used it (never a secret)."""
+    from app.accounts.invites import list_invites, public_invite
+
+    for doc in list_invites(cli_db(cli_settings())):
+        shown = public_invite(doc)
+        used = f"  used by {shown['user']}" if shown["user"] else ""
+        click.echo(
+            f"{shown['id']}  {shown['role']:<8}  {shown['state']:<7}  "
+            f"until {shown['expires_at']}  by {shown['inviter']}{used}"
+        )
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def stats(as_json: bool) -> None:
