@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 
 from app.accounts.auth import Authenticator
+from app.accounts.sessions import LoginLimiter
 from app.config import Settings, load_settings
 from app.errors import register_error_handlers
 from app.queues.leasing import QueueLeaser
@@ -30,6 +31,7 @@ class Context:
     auth: Authenticator
     clock: Clock
     peers_db: Database  # the tracker's ephemeral swarm database (app.tracker.peersdb)
+    login_limiter: LoginLimiter  # failed logins in this process (app/accounts/sessions.py)
 
 
 def couch_url(settings: Settings) -> str:
@@ -85,12 +87,14 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Clock = u
         db,
         cache_seconds=settings.auth.credential_cache_seconds,
         anonymous_workers=settings.auth.anonymous_workers,
+        clock=clock,
     )
     from app.tracker.peersdb import init_peers_database, open_peers_database
 
     peers_db = open_peers_database(db, settings)
     init_peers_database(peers_db)
-    app.extensions["distleech"] = Context(settings, db, leaser, auth, clock, peers_db)
+    limiter = LoginLimiter(settings.auth)
+    app.extensions["distleech"] = Context(settings, db, leaser, auth, clock, peers_db, limiter)
     register_error_handlers(app)
     register_blueprints(app)
     return app

@@ -105,6 +105,10 @@ class SchedulerSettings:
 class AuthSettings:
     anonymous_workers: bool = False
     credential_cache_seconds: float = 60
+    session_hours: float = 12  # a browser session (login) lasts this long
+    login_failures_per_account: int = 5  # failed logins per name within login_window_minutes
+    login_failures_per_address: int = 20  # failed logins per client address, same window
+    login_window_minutes: float = 15
 
 
 @dataclasses.dataclass(frozen=True)

@@ -271,6 +271,14 @@ class InvalidInviteError(ApiError):
     status, code = 400, "invalid_invite"
 
 
+class CsrfFailedError(ApiError):
+    status, code = 403, "csrf_failed"
+
+
+class TooManyAttemptsError(ApiError):
+    status, code = 429, "too_many_attempts"
+
+
 class UserNotFoundError(ApiError):
     status, code = 404, "user_not_found"
 
@@ -322,7 +330,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:
-        return error_response(error)
+        response = error_response(error)
+        if isinstance(error, TooManyAttemptsError):
+            response.headers["Retry-After"] = str(error.details.get("retry_after", 60))
+        return response
 
     @app.errorhandler(ConcurrencyError)
     def _contended(error: ConcurrencyError) -> Response:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from flask import Request, current_app, request
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app.accounts import credentials
+from app.accounts import credentials, sessions
 from app.errors import (
     AlreadyExistsError,
     AuthenticationRequiredError,
@@ -40,6 +40,7 @@ from app.errors import (
 from app.store.commit import commit
 from app.store.couch import Database
 from app.store.events import Doc
+from app.timeutil import utcnow
 
 ADMIN, USER, WORKER, QUEUER, ANONYMOUS = "admin", "user", "worker", "queuer", "anonymous"
 TOKEN_ROLES = (WORKER, QUEUER)
@@ -55,6 +56,7 @@ class Principal:
 
     name: str
     role: str
+    csrf: str = ""  # set when the caller came with a login session (app/accounts/sessions.py)
 
     @property
     def holder(self) -> str:
@@ -201,10 +203,18 @@ def list_tokens(db: Database) -> list[dict[str, Any]]:
 class Authenticator:
     """Turns request headers into a Principal, with a short-lived cache of verified credentials."""
 
-    def __init__(self, db: Database, *, cache_seconds: float, anonymous_workers: bool) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        cache_seconds: float,
+        anonymous_workers: bool,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.db = db
         self.cache_seconds = cache_seconds
         self.anonymous_workers = anonymous_workers
+        self.clock = clock or utcnow
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
@@ -218,7 +228,17 @@ class Authenticator:
             return self._cached("t:" + token, lambda: self._verify_token(token))
         if authorization[:6].lower() == "basic ":
             return self._cached("b:" + authorization, lambda: self._verify_basic(authorization[6:]))
+        cookie = req.cookies.get(sessions.SESSION_COOKIE)
+        if cookie:  # looked up every time: a logout or a removal counts at once
+            return self._verify_session(cookie)
         return None
+
+    def _verify_session(self, cookie: str) -> Principal:
+        session = sessions.find(self.db, cookie, self.clock())
+        if session is None:
+            raise InvalidCredentialsError("The login session has ended; log in again.")
+        doc = self.db.get(user_doc_id(session.user))
+        return Principal(session.user, ADMIN if doc.get("admin") else USER, csrf=session.csrf)
 
     def _cached(self, credential: str, verify: Callable[[], Principal]) -> Principal:
         key = hashlib.sha256(credential.encode("utf-8")).hexdigest()
@@ -262,6 +282,11 @@ class Authenticator:
             self._cache.clear()
 
 
+def unmatchable_hash() -> str:
+    """What an unknown name's password is checked against (the same scrypt cost)."""
+    return _unmatchable_hash()
+
+
 @cache
 def _unmatchable_hash() -> str:
     """A hash of a random password nobody knows, to check against when there is no user."""
@@ -297,6 +322,11 @@ def requires(*roles: str) -> Callable[[F], F]:
                 )
             if principal.role not in (*roles, ADMIN, ANONYMOUS):
                 raise ForbiddenError(f"A {principal.role} may not call this endpoint.")
+            if principal.csrf and request.method not in ("GET", "HEAD", "OPTIONS"):
+                sent = request.headers.get(sessions.CSRF_HEADER) or request.form.get(
+                    sessions.CSRF_FIELD
+                )
+                sessions.check_csrf(principal.csrf, sent)
             request.environ["distleech.principal"] = principal
             return view(*args, **kwargs)
 

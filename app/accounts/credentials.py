@@ -15,6 +15,8 @@ too.
 
 Documents:
 - `password_hash:<user name>` `{type, user, hash}`: a werkzeug (scrypt) hash.
+- `session_hash:<sha256 of a session cookie>` `{type, user, csrf, expires_at}`:
+  a browser session (app/accounts/sessions.py).
 - `invite_hash:<sha256 of the invite's secret>` `{type, invite}`: the public id
   of the invite (`invite:<id>`, app/accounts/invites.py).
 - `token_hash:<sha256 of the token>` `{type, token, name, role}`: `token` is
@@ -210,6 +212,28 @@ def find_invite(db: Database, invite_sha256: str) -> str | None:
     """The public id of the invite with this secret, or None."""
     doc = _get(db, INVITE_PREFIX + invite_sha256)
     return str(doc["invite"]) if doc else None
+
+
+SESSION_PREFIX = "session_hash:"
+
+
+def put_session(db: Database, session_sha256: str, fields: dict[str, Any]) -> None:
+    """Store a browser session under the SHA-256 of its cookie's secret."""
+    _upsert(db, SESSION_PREFIX + session_sha256, {"type": "session", **fields})
+
+
+def find_session(db: Database, session_sha256: str) -> dict[str, Any] | None:
+    return _get(db, SESSION_PREFIX + session_sha256)
+
+
+def drop_session(db: Database, session_sha256: str) -> None:
+    """End a session (logout); nothing to do when it is gone already."""
+    doc = _get(db, SESSION_PREFIX + session_sha256)
+    if doc is not None:
+        try:
+            secrets_db(db).delete(doc["_id"], doc["_rev"])
+        except (DocumentConflictError, DocumentNotFoundError):
+            pass  # ended at the same moment elsewhere
 
 
 def list_secret_documents(db: Database) -> list[dict[str, Any]]:

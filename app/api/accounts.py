@@ -1,15 +1,24 @@
-"""Invites and registration: how a person gets an account (Fairywren's invites).
+"""People's accounts: invites and registration, login sessions, password change.
 
 POST/GET /api/invites and DELETE /api/invites/<id>: admins. POST
 /api/register: anyone holding an invite's secret (no other credential).
+POST /api/session (log in): anyone with a name and password; GET and DELETE
+/api/session, POST /api/password: a logged-in user (or basic auth).
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from app.accounts import invites
-from app.accounts.auth import ADMIN, current_principal, requires
+from app.accounts import invites, sessions
+from app.accounts.auth import (
+    ADMIN,
+    USER,
+    change_password,
+    current_principal,
+    requires,
+    unmatchable_hash,
+)
 from app.api.web import checked_body, context, object_schema
 
 bp = Blueprint("accounts", __name__)
@@ -17,12 +26,12 @@ bp = Blueprint("accounts", __name__)
 INVITE_BODY = object_schema(
     {"role": {"type": "string"}, "days": {"type": "number"}}, [], may_be_empty=True
 )
+_NAME = {"type": "string", "maxLength": 64}
+_PASSWORD = {"type": "string", "maxLength": 1024}
+LOGIN_BODY = object_schema({"name": _NAME, "password": _PASSWORD}, ["name", "password"])
+PASSWORD_BODY = object_schema({"current": _PASSWORD, "new": _PASSWORD}, ["current", "new"])
 REGISTER_BODY = object_schema(
-    {
-        "invite": {"type": "string", "maxLength": 200},
-        "name": {"type": "string", "maxLength": 64},
-        "password": {"type": "string", "maxLength": 1024},
-    },
+    {"invite": {"type": "string", "maxLength": 200}, "name": _NAME, "password": _PASSWORD},
     ["invite", "name", "password"],
 )
 
@@ -77,3 +86,76 @@ def register() -> tuple[Response, int]:
 
 def _has_body() -> bool:
     return bool(request.content_length)
+
+
+@bp.post("/api/session")
+def log_in() -> Response:
+    """Log in {name, password}: sets the session cookie; answers {name, role, csrf_token}.
+    Who: anyone (failed attempts are limited per account and per address)."""
+    body = checked_body(LOGIN_BODY)
+    ctx = context()
+    auth = ctx.settings.auth
+    secret, session = sessions.login(
+        ctx.db,
+        body["name"],
+        body["password"],
+        address=request.remote_addr or "unknown",
+        limiter=ctx.login_limiter,
+        hours=auth.session_hours,
+        now=ctx.clock(),
+        unmatchable_hash=unmatchable_hash(),
+    )
+    doc = ctx.db.get(f"user:{session.user}")
+    response = jsonify({"name": session.user, "role": doc["role"], "csrf_token": session.csrf})
+    response.set_cookie(
+        sessions.SESSION_COOKIE,
+        secret,
+        max_age=int(auth.session_hours * 3600),
+        httponly=True,
+        secure=request.is_secure,
+        samesite="Lax",
+    )
+    return response
+
+
+@bp.get("/api/session")
+@requires(USER)
+def who_am_i() -> Response:
+    """The caller: {name, role, csrf_token (with a login session)}. Who: any user."""
+    principal = current_principal()
+    doc = context().db.get(f"user:{principal.name}")
+    return jsonify(
+        {"name": principal.name, "role": doc["role"], "csrf_token": principal.csrf or None}
+    )
+
+
+@bp.delete("/api/session")
+@requires(USER)
+def log_out() -> Response:
+    """End this login session (with its CSRF token). Who: a logged-in user."""
+    cookie = request.cookies.get(sessions.SESSION_COOKIE)
+    if cookie:
+        sessions.logout(context().db, cookie)
+    response = jsonify({"logged_out": True})
+    response.delete_cookie(sessions.SESSION_COOKIE, httponly=True, samesite="Lax")
+    return response
+
+
+@bp.post("/api/password")
+@requires(USER)
+def new_password() -> Response:
+    """Change your own password {current, new}. Who: the user (session or basic auth)."""
+    body = checked_body(PASSWORD_BODY)
+    ctx = context()
+    name = current_principal().name
+    sessions.verify_password(  # the current password, checked (and limited) as at a login
+        ctx.db,
+        name,
+        body["current"],
+        address=request.remote_addr or "unknown",
+        limiter=ctx.login_limiter,
+        unmatchable=unmatchable_hash(),
+    )
+    change_password(ctx.db, name, body["new"], actor=name, now=ctx.clock())
+    ctx.auth.forget()
+    return jsonify({"changed": True})

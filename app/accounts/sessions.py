@@ -1,0 +1,145 @@
+"""Browser sessions: log in once, then a cookie; every change made with it carries a CSRF token.
+
+A login (`POST /api/session`) checks the name and password like basic auth
+does, then sets the cookie `distleech_session` (HttpOnly, SameSite=Lax,
+Secure when the request came over HTTPS) holding a random secret. Only the
+secret's SHA-256 is stored, in the secrets database, with the user, an
+expiry (`auth.session_hours`) and the session's CSRF token. A request that
+changes anything with the cookie must send that token (header
+`X-CSRF-Token`, or form field `csrf_token`), so another site's page cannot
+act with a member's session. Logging out deletes the stored session at
+once; a removed user's sessions stop working at their next request.
+
+Failed logins are limited per account and per client address within
+`auth.login_window_minutes` (429 `too_many_attempts`, with Retry-After):
+counted in each app process's memory, which bounds guessing without a
+write per attempt. Unknown names cost the same scrypt check as wrong
+passwords, so the answer's time does not tell which names exist.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hmac
+import secrets
+import threading
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from werkzeug.security import check_password_hash
+
+from app.accounts import credentials
+from app.config import AuthSettings
+from app.errors import CsrfFailedError, InvalidCredentialsError, TooManyAttemptsError
+from app.store.couch import Database
+from app.timeutil import iso
+
+SESSION_COOKIE = "distleech_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    user: str
+    csrf: str
+    expires_at: str
+
+
+class LoginLimiter:
+    """Failed logins per account and per address in a sliding window (this process)."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self.window = settings.login_window_minutes * 60
+        self.limits = {
+            "account": settings.login_failures_per_account,
+            "address": settings.login_failures_per_address,
+        }
+        self._failures: dict[tuple[str, str], collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, name: str, address: str) -> None:
+        """Raise TooManyAttemptsError while either the account or the address is over."""
+        now = time.monotonic()
+        with self._lock:
+            for kind, key in (("account", name.lower()), ("address", address)):
+                failures = self._recent((kind, key), now)
+                if len(failures) >= self.limits[kind]:
+                    wait = int(failures[0] + self.window - now) + 1
+                    raise TooManyAttemptsError(
+                        f"Too many failed logins for this {kind}; try again in {wait} s.",
+                        retry_after=wait,
+                    )
+
+    def failed(self, name: str, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in (("account", name.lower()), ("address", address)):
+                self._recent(key, now).append(now)
+
+    def _recent(self, key: tuple[str, str], now: float) -> collections.deque[float]:
+        failures = self._failures.setdefault(key, collections.deque())
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        return failures
+
+
+def login(
+    db: Database,
+    name: str,
+    password: str,
+    *,
+    address: str,
+    limiter: LoginLimiter,
+    hours: float,
+    now: datetime,
+    unmatchable_hash: str,
+) -> tuple[str, Session]:
+    """Check the name and password; return (the cookie's secret, the session)."""
+    verify_password(
+        db, name, password, address=address, limiter=limiter, unmatchable=unmatchable_hash
+    )
+    secret, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    session = Session(name, csrf, iso(now + timedelta(hours=hours)))
+    credentials.put_session(db, credentials.token_sha256(secret), dataclasses.asdict(session))
+    return secret, session
+
+
+def verify_password(
+    db: Database, name: str, password: str, *, address: str, limiter: LoginLimiter, unmatchable: str
+) -> None:
+    """Raise InvalidCredentialsError unless this active user has this password (limited)."""
+    limiter.check(name, address)
+    doc = db.get_or_none(f"user:{name}") if name else None
+    active = doc is not None and doc.get("state") == "active"
+    stored = credentials.get_password_hash(db, name) if active else None
+    # scrypt runs for unknown names too, so timing does not tell which names exist
+    if not check_password_hash(stored or unmatchable, password) or stored is None:
+        limiter.failed(name, address)
+        raise InvalidCredentialsError("Wrong user name or password.")
+
+
+def find(db: Database, secret: str, now: datetime) -> Session | None:
+    """The live session of this cookie (None: unknown, expired, or its user removed)."""
+    doc = credentials.find_session(db, credentials.token_sha256(secret))
+    if doc is None or doc["expires_at"] <= iso(now):
+        return None
+    user = db.get_or_none(f"user:{doc['user']}")
+    if not user or user.get("state") != "active":
+        return None
+    return Session(doc["user"], doc["csrf"], doc["expires_at"])
+
+
+def logout(db: Database, secret: str) -> None:
+    credentials.drop_session(db, credentials.token_sha256(secret))
+
+
+def check_csrf(expected: str, sent: Any) -> None:
+    """Refuse a change made with a session unless it carries the session's CSRF token."""
+    if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise CsrfFailedError(
+            f"A change made with a login session must send its CSRF token ({CSRF_HEADER} "
+            f"header or {CSRF_FIELD} form field; GET /api/session tells it)."
+        )
