@@ -83,17 +83,18 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Clock = u
         site_share=share,
         site_shares=shares,
     )
+    limiter = LoginLimiter(settings.auth)
     auth = Authenticator(
         db,
         cache_seconds=settings.auth.credential_cache_seconds,
         anonymous_workers=settings.auth.anonymous_workers,
         clock=clock,
+        limiter=limiter,
     )
     from app.tracker.peersdb import init_peers_database, open_peers_database
 
     peers_db = open_peers_database(db, settings)
     init_peers_database(peers_db)
-    limiter = LoginLimiter(settings.auth)
     app.extensions["distleech"] = Context(settings, db, leaser, auth, clock, peers_db, limiter)
     register_error_handlers(app)
     register_blueprints(app)

@@ -60,6 +60,7 @@ def test_expired_revoked_and_unknown_invites_are_refused_and_change_nothing(
     revoked = invite(client, admin_auth)
     response = client.delete(f"/api/invites/{revoked['id']}", headers=admin_auth)
     assert response.get_json()["state"] == "revoked"
+    assert client.delete("/api/invites/nosuch", headers=admin_auth).status_code == 404
     clock.advance(days=2)
     for secret, word in ((expired["secret"], "expired"), (revoked["secret"], "revoked")):
         refused = register(client, secret)

@@ -4,6 +4,7 @@ logout and removal that count at once, and failed logins limited."""
 from __future__ import annotations
 
 import pytest
+from conftest import basic_auth
 
 from app.accounts.auth import add_user
 from app.accounts.sessions import CSRF_HEADER, SESSION_COOKIE
@@ -119,3 +120,42 @@ def test_changing_the_password_needs_the_current_one(client, alice):
     client.delete("/api/session", headers=headers)
     assert log_in(client).status_code == 401
     assert log_in(client, password="a new long password").status_code == 200
+
+
+def test_basic_auth_guesses_count_against_the_same_limit(client, alice):
+    for _ in range(5):
+        wrong = client.get("/api/session", headers=basic_auth("alice", "wrong password"))
+        assert wrong.status_code == 401
+    limited = client.get("/api/session", headers=basic_auth("alice", PASSWORD))
+    assert limited.status_code == 429
+    assert log_in(client).status_code == 429  # one limit, whichever way the guesses came
+
+
+def test_a_new_password_ends_every_older_session(app, db, alice, clock):
+    thief, owner = app.test_client(), app.test_client()
+    log_in(thief)
+    token = log_in(owner).get_json()["csrf_token"]
+    changed = owner.post(
+        "/api/password",
+        json={"current": PASSWORD, "new": "a new long password"},
+        headers={CSRF_HEADER: token},
+    )
+    assert changed.status_code == 200
+    assert thief.get("/api/session").status_code == 401
+    assert owner.get("/api/session").status_code == 401  # log in again with the new one
+    assert log_in(owner, password="a new long password").status_code == 200
+
+
+def test_with_a_session_leasing_needs_the_csrf_token_even_on_get(client, alice):
+    """Two worker endpoints lease work on a GET; a link on another page must not."""
+    token = log_in(client).get_json()["csrf_token"]
+    assert client.get("/metadata/1").get_json()["error"] == "csrf_failed"
+    assert client.get("/metadata/1", headers={CSRF_HEADER: token}).status_code == 200
+
+
+def test_a_user_from_before_roles_logs_in_as_what_they_were(client, db, alice):
+    doc = db.get("user:alice")
+    del doc["role"]  # as projected before users had roles
+    db.put(doc)
+    response = log_in(client)
+    assert response.status_code == 200 and response.get_json()["role"] == "admin"

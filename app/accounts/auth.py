@@ -25,9 +25,10 @@ from functools import cache, wraps
 from typing import Any, TypeVar
 
 from flask import Request, current_app, request
-from werkzeug.security import check_password_hash, generate_password_hash
+from werkzeug.security import generate_password_hash
 
 from app.accounts import credentials, sessions
+from app.config import AuthSettings
 from app.errors import (
     AlreadyExistsError,
     AuthenticationRequiredError,
@@ -46,6 +47,7 @@ ADMIN, USER, WORKER, QUEUER, ANONYMOUS = "admin", "user", "worker", "queuer", "a
 TOKEN_ROLES = (WORKER, QUEUER)
 NAME_PATTERN_HELP = "1-64 characters: letters, digits, '.', '_', '-', '@'"
 _CACHE_LIMIT = 4096
+_UNLIMITED = AuthSettings(login_failures_per_account=10**9, login_failures_per_address=10**9)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -210,11 +212,13 @@ class Authenticator:
         cache_seconds: float,
         anonymous_workers: bool,
         clock: Callable[[], datetime] | None = None,
+        limiter: sessions.LoginLimiter | None = None,
     ) -> None:
         self.db = db
         self.cache_seconds = cache_seconds
         self.anonymous_workers = anonymous_workers
         self.clock = clock or utcnow
+        self.limiter = limiter  # failed basic-auth logins count like failed session logins
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
@@ -227,7 +231,10 @@ class Authenticator:
         if token:
             return self._cached("t:" + token, lambda: self._verify_token(token))
         if authorization[:6].lower() == "basic ":
-            return self._cached("b:" + authorization, lambda: self._verify_basic(authorization[6:]))
+            address = req.remote_addr or "unknown"
+            return self._cached(
+                "b:" + authorization, lambda: self._verify_basic(authorization[6:], address)
+            )
         cookie = req.cookies.get(sessions.SESSION_COOKIE)
         if cookie:  # looked up every time: a logout or a removal counts at once
             return self._verify_session(cookie)
@@ -261,25 +268,33 @@ class Authenticator:
             raise InvalidCredentialsError("The token is unknown or revoked.")
         return Principal(doc["name"], doc["role"])
 
-    def _verify_basic(self, encoded: str) -> Principal:
+    def _verify_basic(self, encoded: str, address: str) -> Principal:
         try:
             name, _, password = (
                 base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
             )
         except (binascii.Error, UnicodeDecodeError):
             raise InvalidCredentialsError("The basic auth header cannot be decoded.") from None
-        doc = self.db.get_or_none(user_doc_id(name)) if name else None
-        active = doc is not None and doc.get("state") == "active"
-        stored = credentials.get_password_hash(self.db, name) if active else None
-        # scrypt runs for unknown names too, so timing does not tell which names exist
-        matches = check_password_hash(stored or _unmatchable_hash(), password)
-        if doc is None or stored is None or not matches:
-            raise InvalidCredentialsError("Wrong user name or password.")
+        limiter = self.limiter or sessions.LoginLimiter(_UNLIMITED)
+        sessions.verify_password(
+            self.db,
+            name,
+            password,
+            address=address,
+            limiter=limiter,
+            unmatchable=unmatchable_hash(),
+        )
+        doc = self.db.get(user_doc_id(name))
         return Principal(name, ADMIN if doc.get("admin") else USER)
 
     def forget(self) -> None:
         with self._lock:
             self._cache.clear()
+
+
+def role_of(user: Doc) -> str:
+    """A user's role; users created before roles existed are admins or members."""
+    return str(user.get("role") or (ADMIN if user.get("admin") else "member"))
 
 
 def unmatchable_hash() -> str:
@@ -322,7 +337,10 @@ def requires(*roles: str) -> Callable[[F], F]:
                 )
             if principal.role not in (*roles, ADMIN, ANONYMOUS):
                 raise ForbiddenError(f"A {principal.role} may not call this endpoint.")
-            if principal.csrf and request.method not in ("GET", "HEAD", "OPTIONS"):
+            # With a login session every change needs its CSRF token, and so does any
+            # worker or queuer endpoint: two of them lease work on a GET.
+            changes = request.method not in ("GET", "HEAD", "OPTIONS")
+            if principal.csrf and (changes or WORKER in roles or QUEUER in roles):
                 sent = request.headers.get(sessions.CSRF_HEADER) or request.form.get(
                     sessions.CSRF_FIELD
                 )

@@ -24,7 +24,12 @@ from werkzeug.security import generate_password_hash
 
 from app.accounts import credentials
 from app.accounts.auth import check_name, check_password, user_doc_id
-from app.errors import AlreadyExistsError, InvalidInviteError, ValidationFailedError
+from app.errors import (
+    AlreadyExistsError,
+    InvalidInviteError,
+    NotFoundError,
+    ValidationFailedError,
+)
 from app.store.commit import commit
 from app.store.couch import Database
 from app.store.events import Doc
@@ -46,7 +51,7 @@ def apply_invite_event(state: Doc, event: Doc) -> None:
     elif name == "used":
         state.update(state=USED, user=data["user"], used_at=event["at"])
     elif name == "reopened":
-        state.update(state=OPEN, user=None)
+        state.update(state=OPEN, user=None, used_at=None)
     elif name == "revoked":
         state.update(state=REVOKED)
 
@@ -160,7 +165,7 @@ def revoke_invite(db: Database, invite_id: str, *, actor: str, now: datetime) ->
 
     [outcome] = commit(db, [(invite_doc_id(invite_id), decide)], actor=actor, now=now)
     if outcome.state is None:
-        raise InvalidInviteError(f"No invite {invite_id!r}.")
+        raise NotFoundError(f"No invite {invite_id!r}.")
     return outcome.state
 
 

@@ -8,7 +8,9 @@ expiry (`auth.session_hours`) and the session's CSRF token. A request that
 changes anything with the cookie must send that token (header
 `X-CSRF-Token`, or form field `csrf_token`), so another site's page cannot
 act with a member's session. Logging out deletes the stored session at
-once; a removed user's sessions stop working at their next request.
+once; a changed password (and a removed user) ends every older session at
+its next request: a session remembers a fingerprint of the password hash it
+was opened with.
 
 Failed logins are limited per account and per client address within
 `auth.login_window_minutes` (429 `too_many_attempts`, with Retry-After):
@@ -46,10 +48,16 @@ class Session:
     user: str
     csrf: str
     expires_at: str
+    password: str  # the fingerprint of the password it was opened with
 
 
 class LoginLimiter:
-    """Failed logins per account and per address in a sliding window (this process)."""
+    """Failed logins per account and per address in a sliding window (this process).
+
+    An attempt counts as failed from the moment it starts and is taken back
+    when the password matches, so attempts running at the same time cannot
+    get past the limit together. Keys with nothing in the window are dropped.
+    """
 
     def __init__(self, settings: AuthSettings) -> None:
         self.window = settings.login_window_minutes * 60
@@ -60,29 +68,41 @@ class LoginLimiter:
         self._failures: dict[tuple[str, str], collections.deque[float]] = {}
         self._lock = threading.Lock()
 
-    def check(self, name: str, address: str) -> None:
-        """Raise TooManyAttemptsError while either the account or the address is over."""
+    def start(self, name: str, address: str) -> float:
+        """Refuse (TooManyAttemptsError) while the account or the address is over the
+        limit; else count this attempt as failed until `succeeded` says otherwise."""
         now = time.monotonic()
+        keys = (("account", name.lower()), ("address", address))
         with self._lock:
-            for kind, key in (("account", name.lower()), ("address", address)):
-                failures = self._recent((kind, key), now)
+            for kind, who in keys:
+                failures = self._recent((kind, who), now)
                 if len(failures) >= self.limits[kind]:
                     wait = int(failures[0] + self.window - now) + 1
                     raise TooManyAttemptsError(
                         f"Too many failed logins for this {kind}; try again in {wait} s.",
                         retry_after=wait,
                     )
+            for pair in keys:
+                self._failures.setdefault(pair, collections.deque()).append(now)
+        return now
 
-    def failed(self, name: str, address: str) -> None:
-        now = time.monotonic()
+    def succeeded(self, name: str, address: str, started: float) -> None:
         with self._lock:
             for key in (("account", name.lower()), ("address", address)):
-                self._recent(key, now).append(now)
+                failures = self._failures.get(key)
+                if failures and started in failures:
+                    failures.remove(started)
+                if failures is not None and not failures:
+                    del self._failures[key]
 
     def _recent(self, key: tuple[str, str], now: float) -> collections.deque[float]:
-        failures = self._failures.setdefault(key, collections.deque())
+        failures = self._failures.get(key)
+        if failures is None:
+            return collections.deque()
         while failures and failures[0] <= now - self.window:
             failures.popleft()
+        if not failures:
+            del self._failures[key]
         return failures
 
 
@@ -98,27 +118,34 @@ def login(
     unmatchable_hash: str,
 ) -> tuple[str, Session]:
     """Check the name and password; return (the cookie's secret, the session)."""
-    verify_password(
+    opened_with = verify_password(
         db, name, password, address=address, limiter=limiter, unmatchable=unmatchable_hash
     )
     secret, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    session = Session(name, csrf, iso(now + timedelta(hours=hours)))
+    session = Session(name, csrf, iso(now + timedelta(hours=hours)), opened_with)
     credentials.put_session(db, credentials.token_sha256(secret), dataclasses.asdict(session))
     return secret, session
 
 
 def verify_password(
     db: Database, name: str, password: str, *, address: str, limiter: LoginLimiter, unmatchable: str
-) -> None:
-    """Raise InvalidCredentialsError unless this active user has this password (limited)."""
-    limiter.check(name, address)
+) -> str:
+    """Raise InvalidCredentialsError unless this active user has this password (limited);
+    return the stored hash's fingerprint, which a session keeps."""
+    started = limiter.start(name, address)
     doc = db.get_or_none(f"user:{name}") if name else None
     active = doc is not None and doc.get("state") == "active"
     stored = credentials.get_password_hash(db, name) if active else None
     # scrypt runs for unknown names too, so timing does not tell which names exist
     if not check_password_hash(stored or unmatchable, password) or stored is None:
-        limiter.failed(name, address)
         raise InvalidCredentialsError("Wrong user name or password.")
+    limiter.succeeded(name, address, started)
+    return fingerprint(stored)
+
+
+def fingerprint(password_hash: str) -> str:
+    """Which password a session was opened with: a new password ends older sessions."""
+    return credentials.token_sha256(password_hash)[:16]
 
 
 def find(db: Database, secret: str, now: datetime) -> Session | None:
@@ -129,7 +156,10 @@ def find(db: Database, secret: str, now: datetime) -> Session | None:
     user = db.get_or_none(f"user:{doc['user']}")
     if not user or user.get("state") != "active":
         return None
-    return Session(doc["user"], doc["csrf"], doc["expires_at"])
+    stored = credentials.get_password_hash(db, doc["user"])
+    if stored is None or fingerprint(stored) != doc.get("password"):
+        return None  # the password changed (or the name belongs to a new account) since
+    return Session(doc["user"], doc["csrf"], doc["expires_at"], doc["password"])
 
 
 def logout(db: Database, secret: str) -> None:

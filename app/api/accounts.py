@@ -17,6 +17,7 @@ from app.accounts.auth import (
     change_password,
     current_principal,
     requires,
+    role_of,
     unmatchable_hash,
 )
 from app.api.web import checked_body, context, object_schema
@@ -81,11 +82,11 @@ def register() -> tuple[Response, int]:
     body = checked_body(REGISTER_BODY)
     ctx = context()
     doc = invites.register(ctx.db, body["invite"], body["name"], body["password"], now=ctx.clock())
-    return jsonify({"name": doc["name"], "role": doc["role"]}), 201
+    return jsonify({"name": doc["name"], "role": role_of(doc)}), 201
 
 
 def _has_body() -> bool:
-    return bool(request.content_length)
+    return bool(request.get_data(cache=True))
 
 
 @bp.post("/api/session")
@@ -106,7 +107,7 @@ def log_in() -> Response:
         unmatchable_hash=unmatchable_hash(),
     )
     doc = ctx.db.get(f"user:{session.user}")
-    response = jsonify({"name": session.user, "role": doc["role"], "csrf_token": session.csrf})
+    response = jsonify({"name": session.user, "role": role_of(doc), "csrf_token": session.csrf})
     response.set_cookie(
         sessions.SESSION_COOKIE,
         secret,
@@ -125,7 +126,7 @@ def who_am_i() -> Response:
     principal = current_principal()
     doc = context().db.get(f"user:{principal.name}")
     return jsonify(
-        {"name": principal.name, "role": doc["role"], "csrf_token": principal.csrf or None}
+        {"name": principal.name, "role": role_of(doc), "csrf_token": principal.csrf or None}
     )
 
 
