@@ -84,8 +84,9 @@ def token_doc_id(token_id: str) -> str:
 def apply_user_event(state: Doc, event: Doc) -> None:
     name, data = event["name"], event["data"]
     if name == "created":
-        role = data.get("role") or (ADMIN if data["admin"] else "member")
-        state.update(name=data["name"], admin=data["admin"], role=role, state="active")
+        state.update(name=data["name"], admin=data["admin"], state="active")
+        if data.get("role"):  # invited users; the others' role follows `admin` (role_of)
+            state["role"] = data["role"]
     elif name == "removed":  # `password_changed` changes no state: the hash is a secret
         state["state"] = "removed"
 
