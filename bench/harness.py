@@ -143,26 +143,11 @@ def raw_bulk_docs_rate(
                 headers=JSON_HEADERS,
                 timeout=30,
             ).raise_for_status()
-        started = time.perf_counter()
-        for first in range(0, docs, batch):
-            body = {
-                "docs": [
-                    {"_id": f"raw:{i:08d}", "type": "raw", "n": i}
-                    for i in range(first, min(docs, first + batch))
-                ]
-            }
-            response = session.post(
-                f"{url}/{name}/_bulk_docs", data=json.dumps(body), headers=JSON_HEADERS, timeout=300
-            )
-            response.raise_for_status()
-            failed = [row for row in response.json() if "error" in row]
-            if failed:
-                raise RuntimeError(f"raw _bulk_docs refused {len(failed)} docs: {failed[0]}")
-        elapsed = time.perf_counter() - started
+        rate = _write_plain_docs(session, url, name, docs, batch)
     finally:
         with contextlib.suppress(requests.RequestException):
             session.delete(f"{url}/{name}", timeout=120)
-    return docs / elapsed
+    return rate
 
 
 def read_model_designs() -> list[dict[str, Any]]:
@@ -456,6 +441,13 @@ def fill_plain_docs(url: str, database: str, docs: int, *, batch: int = 1000) ->
     """Create a database of `docs` plain small documents; return the _bulk_docs docs/s."""
     session = requests.Session()
     session.put(f"{url}/{database}", timeout=30).raise_for_status()
+    return _write_plain_docs(session, url, database, docs, batch)
+
+
+def _write_plain_docs(
+    session: requests.Session, url: str, database: str, docs: int, batch: int
+) -> float:
+    """Write `docs` plain small documents in batches, one at a time; return docs/s."""
     started = time.perf_counter()
     for first in range(0, docs, batch):
         body = {
@@ -468,6 +460,9 @@ def fill_plain_docs(url: str, database: str, docs: int, *, batch: int = 1000) ->
             f"{url}/{database}/_bulk_docs", data=json.dumps(body), headers=JSON_HEADERS, timeout=300
         )
         response.raise_for_status()
+        failed = [row for row in response.json() if "error" in row]
+        if failed:
+            raise RuntimeError(f"raw _bulk_docs refused {len(failed)} docs: {failed[0]}")
     return docs / (time.perf_counter() - started)
 
 

@@ -117,6 +117,18 @@ def make_site(couch_server):
             delete_with_companions(database.server, database.name)
 
 
+@pytest.fixture
+def alpha(make_site):
+    """Site alpha: a fresh read model and log on the session server."""
+    return make_site("alpha")
+
+
+@pytest.fixture
+def beta(make_site, second_couch_url):
+    """Site beta, on a second server."""
+    return make_site("beta", second_couch_url)
+
+
 class Clock:
     """A clock the test moves by hand."""
 

@@ -8,6 +8,7 @@ from app.queues.albums import album_doc_id, import_albums
 from app.queues.downloads import TorrentRef
 from app.store.commit import commit
 from app.store.events import EVENT_PREFIX, append_event, event_log, new_event_id, site_of
+from app.store.projections import comparable
 from app.timeutil import iso
 
 PTH = "passtheheadphones.me"
@@ -57,6 +58,17 @@ def db_snapshot(db):
         rows = database.server.get_json(f"{database.path}/_all_docs")["rows"]
         snapshot.update({row["id"]: row["value"]["rev"] for row in rows})
     return snapshot
+
+
+def read_model(db, *, leave_out=()):
+    """Every document of a read model as a rebuild would make it (no _rev, no write
+    time, no design document), less the ids in `leave_out`."""
+    rows = db.server.get_json(f"{db.path}/_all_docs", include_docs=True)["rows"]
+    return {
+        row["id"]: comparable(row["doc"])
+        for row in rows
+        if not row["id"].startswith("_design/") and row["id"] not in leave_out
+    }
 
 
 def ids_of(albums):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import START
-from factories import event_ids, get_album, make_albums
+from factories import event_ids, get_album, make_albums, read_model
 
 from app.accounts.auth import add_user, change_password, issue_token
 from app.accounts.credentials import list_secret_documents, secrets_db
@@ -28,7 +28,7 @@ from app.sites.replication import count_pending, read_status, replicate_site, st
 from app.store.catchup import LOG_CHECKPOINT_ID, catch_up_projections
 from app.store.couch import CouchServer, CouchUnavailableError
 from app.store.events import event_log
-from app.store.projections import comparable, rebuild_projections
+from app.store.projections import rebuild_projections
 from app.tracker.peersdb import init_peers_database, swarm_doc_id
 from scheduler import jobs
 from scheduler.leader import LEADER_DOC_ID, Leader
@@ -61,27 +61,9 @@ def states(status):
     return {flow: state["state"] for flow, state in status["flows"].items()}
 
 
-def read_model(db):
-    """Every document of a site's read model as a rebuild would make it (no _rev, no write time)."""
-    rows = db.server.get_json(f"{db.path}/_all_docs", include_docs=True)["rows"]
-    return {
-        row["id"]: comparable(row["doc"]) for row in rows if not row["id"].startswith("_design/")
-    }
-
-
 def ids_in(database):
     rows = database.server.get_json(f"{database.path}/_all_docs")["rows"]
     return {row["id"]: row["value"]["rev"] for row in rows}
-
-
-@pytest.fixture
-def alpha(make_site):
-    return make_site("alpha")
-
-
-@pytest.fixture
-def beta(make_site, second_couch_url):
-    return make_site("beta", second_couch_url)
 
 
 def linked(beta, **link):
@@ -251,9 +233,7 @@ def test_only_events_leave_a_site(alpha, beta):
     # once beta's projector has run, it holds alpha's projections but not alpha's lease
     catch_up_projections(beta)
     assert beta.get_or_none(LEADER_DOC_ID) is None
-    assert read_model(beta) == {
-        doc_id: doc for doc_id, doc in read_model(alpha).items() if doc_id != LEADER_DOC_ID
-    }
+    assert read_model(beta) == read_model(alpha, leave_out={LEADER_DOC_ID})
 
 
 def test_a_missing_log_is_reported_and_never_created(alpha, second_couch_url):

@@ -11,13 +11,14 @@ import time
 
 import pytest
 from conftest import token_header
+from factories import read_model
 
 from app import create_app
 from app.accounts.auth import issue_token
 from app.config import load_settings
 from app.queues.albums import import_albums
 from app.store.events import event_log
-from app.store.projections import comparable, rebuild_projections
+from app.store.projections import rebuild_projections
 from app.timeutil import iso, utcnow
 from scheduler import build_scheduler
 from scheduler.leader import LEADER_DOC_ID, Leader
@@ -78,12 +79,7 @@ class RunningSite:
 
     def read_model(self):
         """The projections (not the site's own leader lease, which stays local)."""
-        rows = self.db.server.get_json(f"{self.db.path}/_all_docs", include_docs=True)["rows"]
-        return {
-            r["id"]: comparable(r["doc"])
-            for r in rows
-            if not r["id"].startswith("_") and r["id"] != LEADER_DOC_ID
-        }
+        return read_model(self.db, leave_out={LEADER_DOC_ID})
 
     def event_ids(self):
         log = event_log(self.db)

@@ -64,16 +64,6 @@ def gamma_server(tmp_path):
 
 
 @pytest.fixture
-def alpha(make_site):
-    return make_site("alpha")
-
-
-@pytest.fixture
-def beta(make_site, second_couch_url):
-    return make_site("beta", second_couch_url)
-
-
-@pytest.fixture
 def gamma(make_site, gamma_server):
     return make_site("gamma", gamma_server.url, username=USER, password=PASSWORD)
 

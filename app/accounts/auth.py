@@ -28,7 +28,6 @@ from flask import Request, current_app, request
 from werkzeug.security import generate_password_hash
 
 from app.accounts import credentials, sessions
-from app.config import AuthSettings
 from app.errors import (
     AlreadyExistsError,
     AuthenticationRequiredError,
@@ -47,7 +46,6 @@ ADMIN, USER, WORKER, QUEUER, ANONYMOUS = "admin", "user", "worker", "queuer", "a
 TOKEN_ROLES = (WORKER, QUEUER)
 NAME_PATTERN_HELP = "1-64 characters: letters, digits, '.', '_', '-', '@'"
 _CACHE_LIMIT = 4096
-_UNLIMITED = AuthSettings(login_failures_per_account=10**9, login_failures_per_address=10**9)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -212,8 +210,8 @@ class Authenticator:
         *,
         cache_seconds: float,
         anonymous_workers: bool,
+        limiter: sessions.LoginLimiter,
         clock: Callable[[], datetime] | None = None,
-        limiter: sessions.LoginLimiter | None = None,
     ) -> None:
         self.db = db
         self.cache_seconds = cache_seconds
@@ -242,11 +240,11 @@ class Authenticator:
         return None
 
     def _verify_session(self, cookie: str) -> Principal:
-        session = sessions.find(self.db, cookie, self.clock())
-        if session is None:
+        found = sessions.find(self.db, cookie, self.clock())
+        if found is None:
             raise InvalidCredentialsError("The login session has ended; log in again.")
-        doc = self.db.get(user_doc_id(session.user))
-        return Principal(session.user, ADMIN if doc.get("admin") else USER, csrf=session.csrf)
+        session, user = found
+        return Principal(session.user, ADMIN if user.get("admin") else USER, csrf=session.csrf)
 
     def _cached(self, credential: str, verify: Callable[[], Principal]) -> Principal:
         key = hashlib.sha256(credential.encode("utf-8")).hexdigest()
@@ -276,13 +274,12 @@ class Authenticator:
             )
         except (binascii.Error, UnicodeDecodeError):
             raise InvalidCredentialsError("The basic auth header cannot be decoded.") from None
-        limiter = self.limiter or sessions.LoginLimiter(_UNLIMITED)
         sessions.verify_password(
             self.db,
             name,
             password,
             address=address,
-            limiter=limiter,
+            limiter=self.limiter,
             unmatchable=unmatchable_hash(),
         )
         doc = self.db.get(user_doc_id(name))

@@ -30,7 +30,7 @@ from app.errors import (
     NotFoundError,
     ValidationFailedError,
 )
-from app.store.commit import commit
+from app.store.commit import always, commit
 from app.store.couch import Database
 from app.store.events import Doc
 from app.timeutil import iso
@@ -128,18 +128,11 @@ def _undo(
     actor: str,
     now: datetime,
 ) -> None:
-    """Half a registration happened (a race): put back what it changed, as events."""
-    if invite_used:
-        commit(db, [(invite_doc_id(invite_id), _always("reopened", {}))], actor=actor, now=now)
-    if user_created:
-        commit(db, [(user_doc_id(name), _always("removed", {}))], actor=actor, now=now)
-
-
-def _always(event: str, data: dict[str, Any]) -> Any:
-    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
-        return (event, data) if state is not None else None
-
-    return decide
+    """Half a registration happened (a race): put back what it changed, as one event."""
+    undo = [(invite_doc_id(invite_id), always("reopened", {}))] if invite_used else []
+    undo += [(user_doc_id(name), always("removed", {}))] if user_created else []
+    if undo:
+        commit(db, undo, actor=actor, now=now)
 
 
 def _is_open(invite: Doc | None, now: datetime) -> bool:

@@ -148,8 +148,9 @@ def fingerprint(password_hash: str) -> str:
     return credentials.token_sha256(password_hash)[:16]
 
 
-def find(db: Database, secret: str, now: datetime) -> Session | None:
-    """The live session of this cookie (None: unknown, expired, or its user removed)."""
+def find(db: Database, secret: str, now: datetime) -> tuple[Session, dict[str, Any]] | None:
+    """The live session of this cookie and its user's projection (None: unknown,
+    expired, its user removed, or the password changed since)."""
     doc = credentials.find_session(db, credentials.token_sha256(secret))
     if doc is None or doc["expires_at"] <= iso(now):
         return None
@@ -159,7 +160,7 @@ def find(db: Database, secret: str, now: datetime) -> Session | None:
     stored = credentials.get_password_hash(db, doc["user"])
     if stored is None or fingerprint(stored) != doc.get("password"):
         return None  # the password changed (or the name belongs to a new account) since
-    return Session(doc["user"], doc["csrf"], doc["expires_at"], doc["password"])
+    return Session(doc["user"], doc["csrf"], doc["expires_at"], doc["password"]), user
 
 
 def logout(db: Database, secret: str) -> None:

@@ -20,7 +20,7 @@ from app.queues import downloads
 from app.queues.downloads import TorrentRef
 from app.queues.holders import LEASED, READY, apply_lease_event, without_holders
 from app.queues.leasing import QueueLeaser
-from app.store.commit import check_none_lost, commit, confirm_states
+from app.store.commit import always, check_none_lost, commit, confirm_states
 from app.store.couch import Database
 from app.store.events import Decision, Doc
 from app.timeutil import iso
@@ -273,10 +273,10 @@ def submit_metadata(
         torrents = found[album_id]
         if torrents:
             data = {"torrents": [{"site": t.host, "torrentId": t.torrent_id} for t in torrents]}
-            decisions.append((album_doc_id(album_id), _always("torrents_found", data)))
+            decisions.append((album_doc_id(album_id), always("torrents_found", data)))
             results[album_id] = {"status": "found", "downloads": []}
         else:
-            decisions.append((album_doc_id(album_id), _always("not_found", {"retry_at": retry_at})))
+            decisions.append((album_doc_id(album_id), always("not_found", {"retry_at": retry_at})))
             results[album_id] = {"status": "not_found", "retry_at": retry_at}
     found_albums = {i: found[i] for i, r in results.items() if r.get("status") == "found"}
     task_decisions = downloads.creation_decisions(found_albums)
@@ -287,10 +287,3 @@ def submit_metadata(
             downloads.public_task_ref(t.host, t.torrent_id) for t in torrents
         ]
     return results
-
-
-def _always(name: str, data: dict[str, Any]) -> Decision:
-    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
-        return (name, data) if state is not None else None
-
-    return decide

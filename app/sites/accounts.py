@@ -39,18 +39,14 @@ class AccountsError(Exception):
         self.code, self.reason = code, reason
 
 
-def replicate_accounts(
-    db: Database, source: Endpoint, target: Endpoint, resolved_through: Any
-) -> Any:
-    """One-shot `_replicate` of the secrets database, then drop the losing revisions of
-    everything the target received since `resolved_through` (None: since this run
-    began) and compact. Return the target's sequence resolved through, for the next
+def replicate_accounts(db: Database, source: Endpoint, target: Endpoint, since: Any) -> Any:
+    """One-shot `_replicate` of the secrets database (both checked to exist by the
+    caller), then drop the losing revisions of everything the target received after
+    `since` and compact. Return the target's sequence resolved through, for the next
     run to start from: a resolution that failed is tried again then, not forgotten."""
     endpoints = [source, target]
     try:
         target_db = target.open(timeout=PROBE_SECONDS)
-        source.open(timeout=PROBE_SECONDS).info()  # missing: never created by replication
-        since = target_db.info()["update_seq"] if resolved_through is None else resolved_through
         db.server.request(
             "POST",
             "_replicate",

@@ -27,7 +27,7 @@ from typing import Any
 
 from app.config import Settings
 from app.sites.accounts import AccountsError, replicate_accounts
-from app.sites.links import FILTER, PUSH, Endpoint, SiteLink, local_endpoint, redact
+from app.sites.links import FILTER, PULL, PUSH, Endpoint, SiteLink, local_endpoint, redact
 from app.store.couch import (
     CouchError,
     Database,
@@ -93,9 +93,11 @@ def run_flow(
     source, target = (local, link.remote) if flow == PUSH else (link.remote, local)
     state = dict(state, last_attempt=iso(now), attempts=state.get("attempts", 0) + 1)
     try:
-        _check_database(local, "this site's event log")
-        _check_database(link.remote, f"site {link.name}'s event log")
-        through = _update_seq(source)
+        infos = {
+            PUSH: _check_database(local, "this site's event log"),
+            PULL: _check_database(link.remote, f"site {link.name}'s event log"),
+        }
+        through = infos[flow]["update_seq"]  # the source's (push: ours, pull: theirs)
         written = _replicate(db, source, target)
         # the events are there, whatever becomes of the accounts below
         state.update(
@@ -132,10 +134,10 @@ def run_flow(
     return state
 
 
-def _check_database(endpoint: Endpoint, what: str) -> None:
-    """Raise SiteError unless this database exists and answers with these credentials."""
+def _check_database(endpoint: Endpoint, what: str) -> dict[str, Any]:
+    """This database's info; SiteError unless it exists and takes these credentials."""
     try:
-        endpoint.open(timeout=PROBE_SECONDS).info()
+        return endpoint.open(timeout=PROBE_SECONDS).info()
     except DocumentNotFoundError:
         raise SiteError(
             "site_database_missing",
@@ -163,13 +165,6 @@ def _cause(exc: CouchError, endpoints: list[Endpoint]) -> str:
     return text
 
 
-def _update_seq(endpoint: Endpoint) -> Any:
-    try:
-        return endpoint.open(timeout=PROBE_SECONDS).info()["update_seq"]
-    except CouchError as exc:
-        raise SiteError("site_unreachable", _cause(exc, [endpoint])) from None
-
-
 def _replicate(db: Database, source: Endpoint, target: Endpoint) -> int:
     """One-shot `_replicate` on this site's server; return the events written."""
     body = {
@@ -189,11 +184,14 @@ def _replicate(db: Database, source: Endpoint, target: Endpoint) -> int:
 def _replicate_accounts(db: Database, link: SiteLink, flow: str, resolved_through: Any) -> Any:
     assert link.accounts is not None
     local = local_endpoint(db, "secrets")
-    _check_database(local, "this site's secrets database")
-    _check_database(link.accounts, f"site {link.name}'s secrets database")
+    infos = {
+        PUSH: _check_database(link.accounts, f"site {link.name}'s secrets database"),
+        PULL: _check_database(local, "this site's secrets database"),
+    }
     source, target = (local, link.accounts) if flow == PUSH else (link.accounts, local)
+    since = infos[flow]["update_seq"] if resolved_through is None else resolved_through
     try:
-        return replicate_accounts(db, source, target, resolved_through)
+        return replicate_accounts(db, source, target, since)
     except AccountsError as exc:
         raise SiteError(exc.code, exc.reason) from None
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from app.store import events
 from app.store.couch import Database
@@ -242,6 +243,16 @@ def _claim(
         else:
             raise RuntimeError(f"projection {agg} refused: {result.error} {result.reason}")
     return lost
+
+
+def always(name: str, data: dict[str, Any]) -> Decision:
+    """A decision that records this change on any aggregate that exists (a fact to keep
+    whatever the state, such as a worker's result)."""
+
+    def decide(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+        return (name, data) if state is not None else None
+
+    return decide
 
 
 def check_none_lost(outcomes: Iterable[Outcome]) -> None:
