@@ -157,3 +157,22 @@ def test_a_user_from_before_roles_logs_in_as_what_they_were(client, db, alice):
     assert "role" not in db.get("user:alice")  # made by `user add`, as before users had roles
     response = log_in(client)
     assert response.status_code == 200 and response.get_json()["role"] == "admin"
+
+
+def test_bad_login_and_password_bodies_are_refused_and_change_nothing(client, db, alice):
+    for body in ({"name": "alice"}, {"name": "alice", "password": PASSWORD, "extra": 1}, []):
+        refused = client.post("/api/session", json=body)
+        assert refused.status_code == 400 and refused.get_json()["error"] == "validation_failed"
+        assert "Set-Cookie" not in refused.headers
+    text = client.post("/api/session", data="name=alice", content_type="text/plain")
+    assert text.status_code == 415
+    token = log_in(client).get_json()["csrf_token"]
+    before = db.get("user:alice")["_rev"]
+    bad = client.post("/api/password", json={"new": "x" * 12}, headers={CSRF_HEADER: token})
+    assert bad.get_json()["error"] == "validation_failed"
+    weak = client.post(
+        "/api/password", json={"current": PASSWORD, "new": "short"}, headers={CSRF_HEADER: token}
+    )
+    assert weak.status_code == 400
+    assert db.get("user:alice")["_rev"] == before
+    assert log_in(client).status_code == 200  # the old password still works
