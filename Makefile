@@ -6,13 +6,15 @@ BIN := $(VENV)/bin
 
 .PHONY: install debs bench-debs apt run test lint fmt bench clean
 
-# Debian packages the tests drive (real BitTorrent clients) and `ip` for the test
-# network namespace. Installed only when missing and only as root (CI); elsewhere
+# Debian packages the tests drive (real BitTorrent clients, chromium for the browser
+# tests: Playwright launches it by path, never downloads a browser) and `ip` for the
+# test network namespace. Installed only when missing and only as root (CI); elsewhere
 # the tests that need them say so and skip.
 # (opentracker: the client tests' control run, and the benchmark's native ceiling.)
-DEBS := aria2 transmission-daemon transmission-cli qbittorrent-nox rtorrent opentracker iproute2
+DEBS := aria2 transmission-daemon transmission-cli qbittorrent-nox rtorrent opentracker \
+	chromium iproute2
 DEB_BINARIES := aria2c transmission-daemon transmission-remote qbittorrent-nox rtorrent \
-	opentracker ip
+	opentracker chromium ip
 # `make bench` also measures the npm tracker and opentracker under wrk.
 BENCH_DEBS := wrk opentracker
 BENCH_BINARIES := wrk opentracker

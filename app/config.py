@@ -75,6 +75,7 @@ class ServerSettings:
     threads: int = 8
     max_body_bytes: int = 16 * 1024 * 1024
     max_upload_bytes: int = 1024 * 1024 * 1024  # admin inventory uploads
+    public_url: str = ""  # where people reach the web UI (invite links); empty: http://host:port
 
 
 @dataclasses.dataclass(frozen=True)

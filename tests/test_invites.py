@@ -34,8 +34,11 @@ def test_an_invite_lets_one_person_register_once(client, db, admin_auth):
     response = register(client, made["secret"])
     assert response.status_code == 201
     assert response.get_json() == {"name": "alice", "role": "member"}
-    # the new member logs in with the password they chose; members are not admins
-    assert client.get("/api/invites", headers=basic_auth("alice", PASSWORD)).status_code == 403
+    # the new member logs in with the password they chose; members are not admins:
+    # they see only their own invites and may not invite unless an admin allows it
+    alice = basic_auth("alice", PASSWORD)
+    assert client.get("/api/invites", headers=alice).get_json() == []
+    assert client.post("/api/invites", json={}, headers=alice).status_code == 403
     again = register(client, made["secret"], name="mallory")
     assert again.status_code == 400 and again.get_json()["error"] == "invalid_invite"
     assert "used" in again.get_json()["reason"]
@@ -122,7 +125,9 @@ def test_the_cli_creates_and_lists_invites(db):
     }
     created = CliRunner().invoke(main, ["invite", "create", "--role", "uploader"], env=env)
     assert created.exit_code == 0, created.output
-    secret = created.stdout.strip().splitlines()[0]
+    link = created.stdout.strip().splitlines()[0]
+    assert link.startswith("http://127.0.0.1:5000/register?invite=")  # server.host and port
+    secret = link.split("invite=", 1)[1]
     assert len(secret) >= 32
     listed = CliRunner().invoke(main, ["invite", "list"], env=env)
     assert "uploader" in listed.output and "open" in listed.output

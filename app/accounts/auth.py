@@ -42,8 +42,11 @@ from app.store.couch import Database
 from app.store.events import Doc
 from app.timeutil import utcnow
 
-ADMIN, USER, WORKER, QUEUER, ANONYMOUS = "admin", "user", "worker", "queuer", "anonymous"
+ADMIN, WORKER, QUEUER, ANONYMOUS = "admin", "worker", "queuer", "anonymous"
+MEMBER, UPLOADER = "member", "uploader"  # people's roles; each includes the one before
 TOKEN_ROLES = (WORKER, QUEUER)
+# What a role may also act as (an admin may act as anything: see `requires`).
+ROLE_INCLUDES = {UPLOADER: (MEMBER,)}
 NAME_PATTERN_HELP = "1-64 characters: letters, digits, '.', '_', '-', '@'"
 _CACHE_LIMIT = 4096
 
@@ -85,6 +88,12 @@ def apply_user_event(state: Doc, event: Doc) -> None:
         state.update(name=data["name"], admin=data["admin"], state="active")
         if data.get("role"):  # invited users; the others' role follows `admin` (role_of)
             state["role"] = data["role"]
+    elif name == "changed":  # role (and admin with it), can_invite: app/accounts/people.py
+        state.update(data)
+    elif name == "disabled":
+        state["state"] = "disabled"
+    elif name == "enabled":
+        state["state"] = "active"
     elif name == "removed":  # `password_changed` changes no state: the hash is a secret
         state["state"] = "removed"
 
@@ -244,7 +253,7 @@ class Authenticator:
         if found is None:
             raise InvalidCredentialsError("The login session has ended; log in again.")
         session, user = found
-        return Principal(session.user, ADMIN if user.get("admin") else USER, csrf=session.csrf)
+        return Principal(session.user, role_of(user), csrf=session.csrf)
 
     def _cached(self, credential: str, verify: Callable[[], Principal]) -> Principal:
         key = hashlib.sha256(credential.encode("utf-8")).hexdigest()
@@ -283,7 +292,7 @@ class Authenticator:
             unmatchable=unmatchable_hash(),
         )
         doc = self.db.get(user_doc_id(name))
-        return Principal(name, ADMIN if doc.get("admin") else USER)
+        return Principal(name, role_of(doc))
 
     def forget(self) -> None:
         with self._lock:
@@ -304,6 +313,14 @@ def unmatchable_hash() -> str:
 def _unmatchable_hash() -> str:
     """A hash of a random password nobody knows, to check against when there is no user."""
     return generate_password_hash(secrets.token_urlsafe(32))
+
+
+def may_act_as(role: str, roles: tuple[str, ...]) -> bool:
+    """Whether a caller in `role` may call what `roles` may: admins always, an
+    uploader where members may, anonymous workers where they were let in."""
+    if role in (ADMIN, ANONYMOUS) or role in roles:
+        return True
+    return any(included in roles for included in ROLE_INCLUDES.get(role, ()))
 
 
 def current_principal() -> Principal:
@@ -333,7 +350,7 @@ def requires(*roles: str) -> Callable[[F], F]:
                 raise AuthenticationRequiredError(
                     "This endpoint needs credentials: " + " or ".join(roles) + "."
                 )
-            if principal.role not in (*roles, ADMIN, ANONYMOUS):
+            if not may_act_as(principal.role, roles):
                 raise ForbiddenError(f"A {principal.role} may not call this endpoint.")
             # With a login session every change needs its CSRF token, and so does any
             # worker or queuer endpoint: two of them lease work on a GET.

@@ -19,6 +19,10 @@ Documents:
   a browser session (app/accounts/sessions.py).
 - `invite_hash:<sha256 of the invite's secret>` `{type, invite}`: the public id
   of the invite (`invite:<id>`, app/accounts/invites.py).
+- `passkey:<user name>` `{type, user, passkey}`: a person's tracker passkey
+  in the clear (app/accounts/people.py). It is a bearer secret that every
+  `.torrent` the member downloads carries in its announce URL anyway, and the
+  pages must put it there; the log and the read model keep only its SHA-256.
 - `token_hash:<sha256 of the token>` `{type, token, name, role}`: `token` is
   the random public id of the token's aggregate `token:<id>`, which says
   nothing about the secret. Whether the token still works is the read
@@ -184,6 +188,21 @@ def forget_password(db: Database, user_name: str) -> bool:
         compact_secrets(db)
         return True
     raise CredentialConflictError(f"the password of {user_name!r} kept changing; try again")
+
+
+PASSKEY_PREFIX = "passkey:"
+
+
+def set_passkey(db: Database, user_name: str, passkey: str) -> None:
+    """Store a person's current passkey; one it replaces is compacted away."""
+    fields = {"type": "passkey", "user": user_name, "passkey": passkey}
+    if _upsert(db, PASSKEY_PREFIX + user_name, fields):
+        compact_secrets(db)
+
+
+def get_passkey(db: Database, user_name: str) -> str | None:
+    doc = _get(db, PASSKEY_PREFIX + user_name)
+    return str(doc["passkey"]) if doc else None
 
 
 def link_token(db: Database, token_sha256: str, token_id: str, name: str, role: str) -> None:

@@ -6,7 +6,8 @@ secret to invite, like a token's). The invite is an aggregate
 `invite:<random public id>`:
 - `created` {inviter, role, expires_at}, then `used` {user} or `revoked`.
 
-Registering through it is one command over two aggregates, recorded in one
+Registering through it issues the member's tracker passkey
+(app/accounts/people.py) and is one command over two aggregates, recorded in one
 event: the invite is used and the user created. The invite's projection is
 the point of decision (a second registration with the same secret finds it
 used); a name someone took meanwhile puts the invite back (`reopened`), and
@@ -22,7 +23,7 @@ from typing import Any
 
 from werkzeug.security import generate_password_hash
 
-from app.accounts import credentials
+from app.accounts import credentials, people
 from app.accounts.auth import check_name, check_password, user_doc_id
 from app.errors import (
     AlreadyExistsError,
@@ -91,7 +92,7 @@ def register(db: Database, secret: str, name: str, password: str, *, now: dateti
     invite = db.get_or_none(invite_doc_id(invite_id)) if invite_id else None
     _check_open(invite, now)
     assert invite is not None and invite_id is not None
-    if (db.get_or_none(user_doc_id(name)) or {}).get("state") == "active":
+    if (db.get_or_none(user_doc_id(name)) or {}).get("state", "removed") != "removed":
         raise AlreadyExistsError(f"The name {name!r} is taken; choose another.", user=name)
     created = {"name": name, "admin": invite["role"] == "admin", "role": invite["role"]}
 
@@ -111,6 +112,7 @@ def register(db: Database, secret: str, name: str, password: str, *, now: dateti
     )
     if invite_out.recorded and user_out.recorded:
         credentials.set_password_hash(db, name, generate_password_hash(password))
+        people.issue_passkey(db, name, actor=actor, now=now)
         assert user_out.state is not None
         return user_out.state
     _undo(db, invite_out.recorded, user_out.recorded, invite_id, name, actor, now)

@@ -19,6 +19,7 @@ def register_blueprints(app: Flask) -> None:
         cache,
         ingest,
         metadata,
+        people,
         sites,
         stats,
         torrents,
@@ -26,7 +27,10 @@ def register_blueprints(app: Flask) -> None:
     )
 
     app.before_request(refuse_cross_site_writes)
-    modules = (metadata, archive, stats, admin, torrents, ingest, cache, tracker, sites, accounts)
+    modules = (
+        *(metadata, archive, stats, admin, torrents, ingest, cache, tracker, sites),
+        *(accounts, people),
+    )
     for module in modules:
         app.register_blueprint(module.bp)
 

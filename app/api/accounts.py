@@ -1,6 +1,7 @@
 """People's accounts: invites and registration, login sessions, password change.
 
-POST/GET /api/invites and DELETE /api/invites/<id>: admins. POST
+POST/GET /api/invites and DELETE /api/invites/<id>: admins, and members
+allowed to invite (their own invites, for members). POST
 /api/register: anyone holding an invite's secret (no other credential).
 POST /api/session (log in): anyone with a name and password; GET and DELETE
 /api/session, POST /api/password: a logged-in user (or basic auth).
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from app.accounts import invites, sessions
+from app.accounts import invites, people, sessions
 from app.accounts.auth import (
     ADMIN,
-    USER,
+    MEMBER,
     change_password,
     current_principal,
     requires,
@@ -21,6 +22,7 @@ from app.accounts.auth import (
     unmatchable_hash,
 )
 from app.api.web import checked_body, context, object_schema
+from app.errors import ForbiddenError, NotFoundError
 
 bp = Blueprint("accounts", __name__)
 
@@ -38,40 +40,56 @@ REGISTER_BODY = object_schema(
 
 
 @bp.post("/api/invites")
-@requires(ADMIN)
+@requires(MEMBER)
 def create_invite() -> tuple[Response, int]:
-    """Create a one-time invite {role?: member|uploader|admin, days?: 7}. Who: admins.
+    """Create a one-time invite {role?: member|uploader|admin, days?: 7}. Who: admins, and
+    members an admin allowed to invite (`can_invite`; they invite members only).
 
     Answers the invite with its `secret`, shown this once: hand it to the person
-    (they register with it at POST /api/register).
+    (they register with it at POST /api/register or on the page /register).
     """
     body = checked_body(INVITE_BODY) if _has_body() else {}
-    ctx = context()
+    ctx, principal = context(), current_principal()
+    role = body.get("role", "member")
+    if principal.role != ADMIN:
+        check_may_invite(principal.name, role)
     secret, doc = invites.create_invite(
-        ctx.db,
-        inviter=current_principal().holder,
-        role=body.get("role", "member"),
-        days=body.get("days", 7),
-        now=ctx.clock(),
+        ctx.db, inviter=principal.holder, role=role, days=body.get("days", 7), now=ctx.clock()
     )
     return jsonify({**invites.public_invite(doc), "secret": secret}), 201
 
 
+def check_may_invite(name: str, role: str) -> None:
+    """Raise ForbiddenError unless this person (not an admin) may invite someone as `role`."""
+    person = people.get_person(context().db, name)
+    if not person.get("can_invite"):
+        raise ForbiddenError("You may not invite; an admin can allow it.")
+    if role != people.MEMBER:
+        raise ForbiddenError("Members invite members; ask an admin for another role.")
+
+
 @bp.get("/api/invites")
-@requires(ADMIN)
+@requires(MEMBER)
 def list_invites() -> Response:
-    """Every invite, newest first, with its state (never a secret). Who: admins."""
-    return jsonify([invites.public_invite(doc) for doc in invites.list_invites(context().db)])
+    """Invites, newest first, with their state (never a secret). Who: admins see every
+    invite, other people the ones they made."""
+    principal = current_principal()
+    docs = invites.list_invites(context().db)
+    if principal.role != ADMIN:
+        docs = [doc for doc in docs if doc.get("inviter") == principal.name]
+    return jsonify([invites.public_invite(doc) for doc in docs])
 
 
 @bp.delete("/api/invites/<invite_id>")
-@requires(ADMIN)
+@requires(MEMBER)
 def revoke_invite(invite_id: str) -> Response:
-    """Revoke an open invite (a used one stays used). Who: admins."""
-    ctx = context()
-    doc = invites.revoke_invite(
-        ctx.db, invite_id, actor=current_principal().holder, now=ctx.clock()
-    )
+    """Revoke an open invite (a used one stays used). Who: admins, and its inviter."""
+    ctx, principal = context(), current_principal()
+    if principal.role != ADMIN:
+        invite = ctx.db.get_or_none(invites.invite_doc_id(invite_id))
+        if not invite or invite.get("inviter") != principal.name:
+            raise NotFoundError(f"No invite {invite_id!r} of yours.")
+    doc = invites.revoke_invite(ctx.db, invite_id, actor=principal.holder, now=ctx.clock())
     return jsonify(invites.public_invite(doc))
 
 
@@ -94,33 +112,54 @@ def log_in() -> Response:
     """Log in {name, password}: sets the session cookie; answers {name, role, csrf_token}.
     Who: anyone (failed attempts are limited per account and per address)."""
     body = checked_body(LOGIN_BODY)
+    secret, session = open_session(body["name"], body["password"])
+    doc = context().db.get(f"user:{session.user}")
+    response = jsonify({"name": session.user, "role": role_of(doc), "csrf_token": session.csrf})
+    set_session_cookie(response, secret)
+    return response
+
+
+def open_session(name: str, password: str) -> tuple[str, sessions.Session]:
+    """Check a login of this request's client; return (the cookie's secret, the session).
+
+    Shared by the API and the login page. Raises InvalidCredentialsError or
+    TooManyAttemptsError.
+    """
     ctx = context()
-    auth = ctx.settings.auth
-    secret, session = sessions.login(
+    return sessions.login(
         ctx.db,
-        body["name"],
-        body["password"],
+        name,
+        password,
         address=request.remote_addr or "unknown",
         limiter=ctx.login_limiter,
-        hours=auth.session_hours,
+        hours=ctx.settings.auth.session_hours,
         now=ctx.clock(),
         unmatchable_hash=unmatchable_hash(),
     )
-    doc = ctx.db.get(f"user:{session.user}")
-    response = jsonify({"name": session.user, "role": role_of(doc), "csrf_token": session.csrf})
+
+
+def set_session_cookie(response: Response, secret: str) -> None:
+    """The session cookie: HttpOnly, SameSite=Lax, Secure when this request came over HTTPS."""
     response.set_cookie(
         sessions.SESSION_COOKIE,
         secret,
-        max_age=int(auth.session_hours * 3600),
+        max_age=int(context().settings.auth.session_hours * 3600),
         httponly=True,
         secure=request.is_secure,
         samesite="Lax",
     )
-    return response
+
+
+def end_session(response: Response) -> None:
+    """Forget this request's login session, in the store and in the browser."""
+    cookie = request.cookies.get(sessions.SESSION_COOKIE)
+    if cookie:
+        sessions.logout(context().db, cookie)
+    response.delete_cookie(sessions.SESSION_COOKIE, httponly=True, samesite="Lax")
 
 
 @bp.get("/api/session")
-@requires(USER)
+@requires(MEMBER)
 def who_am_i() -> Response:
     """The caller: {name, role, csrf_token (with a login session)}. Who: any user."""
     principal = current_principal()
@@ -131,19 +170,16 @@ def who_am_i() -> Response:
 
 
 @bp.delete("/api/session")
-@requires(USER)
+@requires(MEMBER)
 def log_out() -> Response:
     """End this login session (with its CSRF token). Who: a logged-in user."""
-    cookie = request.cookies.get(sessions.SESSION_COOKIE)
-    if cookie:
-        sessions.logout(context().db, cookie)
     response = jsonify({"logged_out": True})
-    response.delete_cookie(sessions.SESSION_COOKIE, httponly=True, samesite="Lax")
+    end_session(response)
     return response
 
 
 @bp.post("/api/password")
-@requires(USER)
+@requires(MEMBER)
 def new_password() -> Response:
     """Change your own password {current, new}. Who: the user (session or basic auth)."""
     body = checked_body(PASSWORD_BODY)

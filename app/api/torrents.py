@@ -3,7 +3,8 @@
 Every endpoint here is for workers (a worker token, or an admin; anonymous
 callers too when `auth.anonymous_workers` is on): the metadata and download
 workers upload what they learn, and a reseeding worker asks where a
-torrent's files live. The ingest scanner's listings go to app/api/ingest.py.
+torrent's files live. People may search and read torrents too, and
+uploaders may upload them. The ingest scanner's listings go to app/api/ingest.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Request, Response, jsonify, request
 
-from app.accounts.auth import WORKER, current_principal, requires
+from app.accounts.auth import MEMBER, UPLOADER, WORKER, current_principal, requires
 from app.api.web import context, form_or_json_fields, json_body, parse_json_text, whole_number
 from app.errors import (
     InvalidGazelleError,
@@ -83,9 +84,10 @@ def _upload_from_request() -> aggregate.Upload:
 
 
 @bp.post("/api/torrents")
-@requires(WORKER)
+@requires(WORKER, UPLOADER)
 def upload_torrent() -> tuple[Response, int]:
-    """Register what a worker learned about a torrent. Who: a worker token (or an admin).
+    """Register what a worker learned about a torrent. Who: a worker token, an uploader
+    or an admin.
 
     JSON {"site", "gazelle": <action=torrent response>} or multipart with the
     file field `torrent`, `site`, `torrentId` (optional `gazelle` JSON text).
@@ -109,9 +111,10 @@ def _search_limit(raw: str | None) -> int:
 
 
 @bp.get("/api/torrents")
-@requires(WORKER)
+@requires(WORKER, MEMBER)
 def search_torrents() -> Response:
-    """Search titles: every word of `q` (group, artists, year, directory). Who: worker/admin."""
+    """Search titles: every word of `q` (group, artists, year, directory). Who: workers and
+    people (members, uploaders, admins)."""
     query = request.args.get("q", "")
     if not query.strip():
         raise InvalidQueryError("Give the words to search for as q.", field="q")
@@ -127,9 +130,9 @@ def search_torrents() -> Response:
 
 
 @bp.get("/api/torrents/<info_hash>")
-@requires(WORKER)
+@requires(WORKER, MEMBER)
 def reseed_lookup(info_hash: str) -> Response:
-    """Where a torrent's files live and whether they were verified. Who: worker/admin."""
+    """Where a torrent's files live and whether they were verified. Who: workers, people."""
     doc = queries.get_torrent(context().db, keys.check_info_hash(info_hash))
     return jsonify(queries.reseed_view(doc))
 

@@ -18,6 +18,7 @@ from typing import Any
 import bencode2
 from flask import Blueprint, Response, jsonify, request
 
+from app.accounts import people
 from app.accounts.auth import ADMIN, current_principal, requires
 from app.api.web import checked_body, context, object_schema
 from app.config import Settings
@@ -275,12 +276,11 @@ def member_download(info_hash: str) -> Response:
     """A tracked torrent's .torrent with the member's passkey in its announce URL.
 
     Who: anyone with an active tracker user's passkey (?passkey=…), checked
-    first, so that nobody else learns which torrents are tracked.
+    first, so that nobody else learns which torrents are tracked; a logged-in
+    person needs no ?passkey: their own is used.
     """
-    passkey = request.args.get("passkey", "")
-    if not passkey:
-        raise MissingFieldError("Give your passkey as ?passkey=…", field="passkey")
     ctx = context()
+    passkey = request.args.get("passkey", "") or _own_passkey()
     if members.find_user_by_passkey(ctx.db, passkey) is None:
         raise UnknownPasskeyError("The passkey belongs to no tracker user.")
     doc = accounts.get_tracked_torrent(ctx.db, info_hash)
@@ -293,3 +293,13 @@ def member_download(info_hash: str) -> Response:
     response.headers["Content-Disposition"] = disposition
     response.headers["Cache-Control"] = "private, no-store"  # the passkey is inside
     return response
+
+
+def _own_passkey() -> str:
+    """The caller's own passkey when they are a person who logged in (or basic auth)."""
+    principal = context().auth.identify(request)
+    person = principal is not None and principal.role in people.PERSON_ROLES
+    passkey = people.get_passkey(context().db, principal.name) if person else None
+    if not passkey:
+        raise MissingFieldError("Give your passkey as ?passkey=…, or log in.", field="passkey")
+    return passkey

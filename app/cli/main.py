@@ -34,6 +34,7 @@ def main() -> None:
 
 def _add_subgroups() -> None:
     """Attach the command groups that live beside the code they drive."""
+    from app.cli.people import COMMANDS as USER_COMMANDS
     from app.cli.tracker import tracker
     from worker.cli import worker
     from worker.scanner import ingest
@@ -42,6 +43,8 @@ def _add_subgroups() -> None:
     main.add_command(ingest)
     main.add_command(worker)
     main.add_command(tracker)
+    for command in USER_COMMANDS:
+        user.add_command(command)
 
 
 @click.command("migrate")
@@ -184,7 +187,7 @@ def _print_summary(path: Path, summary: dict[str, Any], as_json: bool) -> None:
 
 @main.group()
 def user() -> None:
-    """Manage users (admins log in with HTTP basic auth)."""
+    """Manage people: add, list, role, disable, enable, passkey, passwd."""
 
 
 def _read_password(password_stdin: bool) -> str:
@@ -203,11 +206,13 @@ def _read_password(password_stdin: bool) -> str:
 )
 @fail_on_api_error
 def user_add(name: str, admin: bool, password_stdin: bool) -> None:
-    """Add a user; the password is asked at a prompt and stored hashed."""
+    """Add a user with a tracker passkey; the password is asked at a prompt and stored hashed."""
     from app.accounts.auth import add_user
+    from app.accounts.people import issue_passkey
 
-    db = cli_db(cli_settings())
-    add_user(db, name, _read_password(password_stdin), admin=admin, actor=cli_actor(), now=utcnow())
+    db, actor = cli_db(cli_settings()), cli_actor()
+    add_user(db, name, _read_password(password_stdin), admin=admin, actor=actor, now=utcnow())
+    issue_passkey(db, name, actor=actor, now=utcnow())
     click.echo(f"user {name} added" + (" (admin)" if admin else ""))
 
 
@@ -290,12 +295,15 @@ def invite() -> None:
 @click.option("--role", type=click.Choice(["member", "uploader", "admin"]), default="member")
 @click.option("--days", type=click.FloatRange(min=0, min_open=True, max=90), default=7.0)
 def invite_create(role: str, days: float) -> None:
-    """Create an invite and print its secret once; only its hash is stored."""
+    """Create an invite and print its link (with the secret) once; only its hash is stored."""
     from app.accounts.invites import create_invite
 
-    db = cli_db(cli_settings())
+    settings = cli_settings()
+    db = cli_db(settings)
     secret, doc = create_invite(db, inviter=cli_actor(), role=role, days=days, now=utcnow())
-    click.echo(secret)
+    server = settings.server
+    base = server.public_url.rstrip("/") or f"http://{server.host}:{server.port}"
+    click.echo(f"{base}/register?invite={secret}")
     click.echo(f"(invite for a {role}, until {doc['expires_at']}: shown once)", err=True)
 
 
