@@ -67,6 +67,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Clock = u
     from app.projectors import register_projectors
     from app.sites.links import site_share
     from app.store.setup import init_database
+    from app.web import register_pages
 
     register_projectors()
     settings = load_settings(test_config)
@@ -98,4 +99,5 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Clock = u
     app.extensions["distleech"] = Context(settings, db, leaser, auth, clock, peers_db, limiter)
     register_error_handlers(app)
     register_blueprints(app)
+    register_pages(app)
     return app
