@@ -126,7 +126,7 @@ def register() -> Response:
     except (InvalidCredentialsError, TooManyAttemptsError):
         # the account exists; only this login was refused (e.g. the address's limit)
         return see_other(url_for("auth_pages.login_form"))
-    response = see_other(url_for("web.home"))
+    response = see_other(url_for("dashboard.home"))
     set_session_cookie(response, secret)
     return response
 

@@ -14,8 +14,8 @@ a page in words (never JSON, never a stack trace), and use:
 - `render_error_page(status, code, reason) -> Response`, `see_other(location)`,
   `safe_next(value)`.
 
-This module also holds the placeholder dashboard at `/` (blueprint `web`,
-which carries the templates and /static/web/ files).
+This module also holds the blueprint `web`, which carries the templates and
+the /static/web/ files; each page module has a blueprint of its own.
 """
 
 from __future__ import annotations
@@ -291,10 +291,3 @@ bp = page_blueprint(
     static_folder="static",
     static_url_path="/static/web",  # /static/ itself is the app's (empty) static folder
 )
-
-
-@bp.get("/")
-@login_required
-def home() -> str:
-    """The dashboard (a placeholder until its panels arrive). Who: logged-in people."""
-    return render_page("home.html", title="Dashboard")
