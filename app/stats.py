@@ -8,19 +8,25 @@ job refreshes and stores in `_local/stats-snapshot`: a _local document never
 replicates, and each site counts its own copy. Only metadata dispatches are
 read live, because "stale" depends on the moment of asking; their view range
 holds only outstanding leases, which the workers bound, not the inventory.
+
+The same job keeps what the dashboard (app/web/dashboard.py) draws, each in
+one _local document read with one GET: `_local/stats-history`, finished work
+per queue kind every few minutes for two days (the throughput chart), and
+`_local/stats-leaders`, the tracker members who uploaded most.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.queues.albums import QUEUE as METADATA_QUEUE
 from app.queues.downloads import DONE
 from app.store.couch import CouchUnavailableError, Database, DocumentConflictError
 from app.store.events import Doc
-from app.timeutil import iso
+from app.timeutil import iso, parse_iso
+from app.tracker.accounts import TRACKER_USER
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +184,100 @@ def stats_lines(stats: dict[str, Any]) -> list[str]:
 def format_stats_text(stats: dict[str, Any]) -> str:
     """The figures of get_stats as plain text lines (for `distleech stats`)."""
     return "\n".join(stats_lines(stats))
+
+
+# ---------------------------------------------------------------- throughput history
+
+HISTORY_ID = "_local/stats-history"
+# One point per HISTORY_EVERY at most, kept for HISTORY_KEEP: 576 small points, one
+# document the dashboard's chart reads in one GET (never a reduce per page view).
+HISTORY_EVERY = timedelta(minutes=5)
+HISTORY_KEEP = timedelta(hours=48)
+# Albums end "found", download and URL tasks "done"; only URL tasks end "failed"
+# (a cancelled download is the site's doing, not a failure of the work).
+DONE_STATES = ("found", "done")
+FAILED_STATES = ("failed",)
+
+
+def queue_kind(queue: str) -> str:
+    """The kind of work a queue holds: "download:pth.me" is a "download" queue."""
+    return queue.split(":", 1)[0]
+
+
+def throughput_point(snapshot: Doc) -> Doc:
+    """What a history point keeps of a snapshot: finished work per queue kind, cumulative."""
+    point: Doc = {"at": snapshot["as_of"], "done": {}, "failed": {}}
+    for queue, states in (snapshot.get("queues") or {}).items():
+        kind = queue_kind(queue)
+        for field, wanted in (("done", DONE_STATES), ("failed", FAILED_STATES)):
+            count = sum(states.get(state, 0) for state in wanted)
+            point[field][kind] = point[field].get(kind, 0) + count
+    return point
+
+
+def record_history(db: Database, snapshot: Doc, now: datetime) -> bool:
+    """Append the snapshot's point to the history unless the last is recent; True if added.
+
+    Called by the scheduler's snapshot job (every `scheduler.stats_seconds`);
+    points older than HISTORY_KEEP are dropped. A lost write race is left to
+    the next run: a missing point only widens one interval of the chart.
+    """
+    if not snapshot.get("as_of"):
+        return False
+    stored = db.get_or_none(HISTORY_ID) or {"_id": HISTORY_ID, "points": []}
+    points = stored.get("points") or []
+    if points and points[-1]["at"] > iso(parse_iso(snapshot["as_of"]) - HISTORY_EVERY):
+        return False
+    oldest = iso(now - HISTORY_KEEP)
+    stored["points"] = [p for p in points if p["at"] >= oldest] + [throughput_point(snapshot)]
+    try:
+        db.put(stored)
+    except DocumentConflictError:
+        log.info("stats history changed under us; the next snapshot adds the point")
+        return False
+    return True
+
+
+def get_history(db: Database) -> list[Doc]:
+    """The throughput history's points, oldest first (empty before the first snapshot job)."""
+    stored = db.get_or_none(HISTORY_ID) or {}
+    return list(stored.get("points") or [])
+
+
+# ---------------------------------------------------------------- members' leaderboard
+
+LEADERS_ID = "_local/stats-leaders"
+LEADERS_KEPT = 10
+
+
+def snapshot_leaders(db: Database, now: datetime) -> Doc:
+    """Rank the tracker's active members by bytes uploaded and store the top as of `now`.
+
+    Reads every `trackeruser:` projection (an _all_docs id range, no reduce),
+    so the scheduler's snapshot job does it, not a page view.
+    """
+    members = [
+        {
+            "name": doc.get("name") or f"member {doc.get('user_id')}",
+            "uploaded": int(doc.get("uploaded") or 0),
+            "downloaded": int(doc.get("downloaded") or 0),
+            "snatches": int(doc.get("snatches") or 0),
+        }
+        for doc in db.iter_prefix(f"{TRACKER_USER}:")
+        if doc.get("active")
+    ]
+    members.sort(key=lambda m: (-int(m["uploaded"]), -int(m["snatches"]), str(m["name"])))
+    leaders = {"_id": LEADERS_ID, "as_of": iso(now), "members": members[:LEADERS_KEPT]}
+    stored = db.get_or_none(LEADERS_ID)
+    if stored is not None:
+        leaders["_rev"] = stored["_rev"]
+    try:
+        db.put(leaders)
+    except DocumentConflictError:
+        log.info("members' leaderboard written concurrently; keeping the other copy")
+    return leaders
+
+
+def get_leaders(db: Database, now: datetime) -> Doc:
+    """The stored members' leaderboard (one GET); counted now only when none exists yet."""
+    return db.get_or_none(LEADERS_ID) or snapshot_leaders(db, now)

@@ -51,8 +51,15 @@ def catch_up_projections(db: Database, now: datetime) -> int:
 
 
 def snapshot_stats(db: Database, now: datetime) -> dict[str, Any]:
-    """Recount the stats snapshot that /stats serves, so /stats never reduces a whole view."""
-    return stats.snapshot_stats(db, now)
+    """Recount the stats snapshot that /stats serves, so /stats never reduces a whole view.
+
+    Then note a point of the dashboard's throughput history (at most one every
+    few minutes) and re-rank its members' leaderboard, for the same reason.
+    """
+    snapshot = stats.snapshot_stats(db, now)
+    stats.record_history(db, snapshot, now)
+    stats.snapshot_leaders(db, now)
+    return snapshot
 
 
 def stale_peer_reaper(settings: Settings) -> Callable[[Database, datetime], int]:

@@ -22,6 +22,7 @@ def register_blueprints(app: Flask) -> None:
         people,
         sites,
         stats,
+        tokens,
         torrents,
         tracker,
     )
@@ -29,7 +30,7 @@ def register_blueprints(app: Flask) -> None:
     app.before_request(refuse_cross_site_writes)
     modules = (
         *(metadata, archive, stats, admin, torrents, ingest, cache, tracker, sites),
-        *(accounts, people),
+        *(accounts, people, tokens),
     )
     for module in modules:
         app.register_blueprint(module.bp)

@@ -15,6 +15,7 @@ from app.accounts import invites, people, sessions
 from app.accounts.auth import (
     ADMIN,
     MEMBER,
+    Principal,
     change_password,
     current_principal,
     requires,
@@ -23,6 +24,7 @@ from app.accounts.auth import (
 )
 from app.api.web import checked_body, context, object_schema
 from app.errors import ForbiddenError, NotFoundError
+from app.store.events import Doc
 
 bp = Blueprint("accounts", __name__)
 
@@ -49,14 +51,24 @@ def create_invite() -> tuple[Response, int]:
     (they register with it at POST /api/register or on the page /register).
     """
     body = checked_body(INVITE_BODY) if _has_body() else {}
-    ctx, principal = context(), current_principal()
-    role = body.get("role", "member")
-    if principal.role != ADMIN:
-        check_may_invite(principal.name, role)
-    secret, doc = invites.create_invite(
-        ctx.db, inviter=principal.holder, role=role, days=body.get("days", 7), now=ctx.clock()
+    secret, doc = create_invite_as(
+        current_principal(), body.get("role", "member"), body.get("days", 7)
     )
     return jsonify({**invites.public_invite(doc), "secret": secret}), 201
+
+
+def create_invite_as(principal: Principal, role: str, days: float) -> tuple[str, Doc]:
+    """Create an invite made by this person; return (secret, projection).
+
+    Shared by POST /api/invites and the profile page: admins invite any role,
+    others only if `check_may_invite` lets them.
+    """
+    ctx = context()
+    if principal.role != ADMIN:
+        check_may_invite(principal.name, role)
+    return invites.create_invite(
+        ctx.db, inviter=principal.holder, role=role, days=days, now=ctx.clock()
+    )
 
 
 def check_may_invite(name: str, role: str) -> None:
@@ -73,24 +85,37 @@ def check_may_invite(name: str, role: str) -> None:
 def list_invites() -> Response:
     """Invites, newest first, with their state (never a secret). Who: admins see every
     invite, other people the ones they made."""
-    principal = current_principal()
+    docs = invites_visible_to(current_principal())
+    return jsonify([invites.public_invite(doc) for doc in docs])
+
+
+def invites_visible_to(principal: Principal) -> list[Doc]:
+    """The invites this person may see, newest first: every one for admins, else their own."""
     docs = invites.list_invites(context().db)
     if principal.role != ADMIN:
         docs = [doc for doc in docs if doc.get("inviter") == principal.name]
-    return jsonify([invites.public_invite(doc) for doc in docs])
+    return docs
 
 
 @bp.delete("/api/invites/<invite_id>")
 @requires(MEMBER)
 def revoke_invite(invite_id: str) -> Response:
     """Revoke an open invite (a used one stays used). Who: admins, and its inviter."""
-    ctx, principal = context(), current_principal()
+    doc = revoke_invite_as(current_principal(), invite_id)
+    return jsonify(invites.public_invite(doc))
+
+
+def revoke_invite_as(principal: Principal, invite_id: str) -> Doc:
+    """Revoke an invite on this person's behalf; NotFoundError unless it is theirs (or an admin's).
+
+    Shared by DELETE /api/invites/<id> and the profile and admin pages.
+    """
+    ctx = context()
     if principal.role != ADMIN:
         invite = ctx.db.get_or_none(invites.invite_doc_id(invite_id))
         if not invite or invite.get("inviter") != principal.name:
             raise NotFoundError(f"No invite {invite_id!r} of yours.")
-    doc = invites.revoke_invite(ctx.db, invite_id, actor=principal.holder, now=ctx.clock())
-    return jsonify(invites.public_invite(doc))
+    return invites.revoke_invite(ctx.db, invite_id, actor=principal.holder, now=ctx.clock())
 
 
 @bp.post("/api/register")
@@ -183,16 +208,25 @@ def log_out() -> Response:
 def new_password() -> Response:
     """Change your own password {current, new}. Who: the user (session or basic auth)."""
     body = checked_body(PASSWORD_BODY)
+    change_own_password(current_principal().name, body["current"], body["new"])
+    return jsonify({"changed": True})
+
+
+def change_own_password(name: str, current: str, new: str) -> None:
+    """Replace this person's password after checking the current one as a login would.
+
+    Shared by POST /api/password and the profile page. Every older session
+    ends at its next request (it was opened with the old password). Raises
+    InvalidCredentialsError, TooManyAttemptsError, ValidationFailedError.
+    """
     ctx = context()
-    name = current_principal().name
     sessions.verify_password(  # the current password, checked (and limited) as at a login
         ctx.db,
         name,
-        body["current"],
+        current,
         address=request.remote_addr or "unknown",
         limiter=ctx.login_limiter,
         unmatchable=unmatchable_hash(),
     )
-    change_password(ctx.db, name, body["new"], actor=name, now=ctx.clock())
+    change_password(ctx.db, name, new, actor=name, now=ctx.clock())
     ctx.auth.forget()
-    return jsonify({"changed": True})

@@ -1,4 +1,4 @@
-"""Admin endpoints: inventory upload."""
+"""Admin endpoints: inventory upload, the leases of every queue and releasing one by hand."""
 
 from __future__ import annotations
 
@@ -8,11 +8,20 @@ from typing import IO, Any, cast
 from flask import Blueprint, Response, jsonify, request
 
 from app.accounts.auth import ADMIN, current_principal, requires
-from app.api.web import context
-from app.errors import InvalidCsvError
+from app.api.web import checked_body, context, object_schema
+from app.errors import InvalidCsvError, NotFoundError
+from app.queues import imports, leases
 from app.queues.albums import ImportSummary, import_albums, open_csv_text, read_inventory_csv
 
 bp = Blueprint("admin", __name__)
+
+RELEASE_BODY = object_schema(
+    {
+        "id": {"type": "string", "minLength": 1, "maxLength": leases.MAX_ID_CHARS},
+        "reason": {"type": "string", "maxLength": leases.MAX_REASON_CHARS},
+    },
+    ["id"],
+)
 
 
 @bp.post("/api/admin/import-csv")
@@ -49,3 +58,46 @@ def _readable(stream: Any) -> IO[bytes]:
     if isinstance(stream, io.BufferedIOBase | io.BytesIO):
         return cast(IO[bytes], stream)
     return cast(IO[bytes], io.BufferedReader(stream))
+
+
+@bp.get("/api/admin/imports/<import_id>")
+@requires(ADMIN)
+def import_progress(import_id: str) -> Response:
+    """The progress of an import started on the /admin/import page (admins only).
+
+    {"id", "file", "state": running|finished|failed|stopped, "rows_read",
+    "bytes_read", "total_bytes", "percent", "summary": <the import summary>, …};
+    404 not_found for an unknown id.
+    """
+    ctx = context()
+    progress = imports.get_import(ctx.db, import_id, ctx.clock())
+    if progress is None:
+        raise NotFoundError(f"No import has id {import_id!r}.", id=import_id)
+    return jsonify(progress)
+
+
+@bp.get("/api/admin/leases")
+@requires(ADMIN)
+def list_leases() -> Response:
+    """What is leased now, per queue, soonest to expire first (admins only)."""
+    ctx = context()
+    groups = leases.list_leases(ctx.db, ctx.clock())
+    return jsonify({g.name: {"total": g.total, "items": g.items} for g in groups})
+
+
+@bp.post("/api/admin/release")
+@requires(ADMIN)
+def release_lease() -> Response:
+    """Release a leased item by hand (admins only): it is ready in its queue at once.
+
+    JSON {"id": "<aggregate id, e.g. album:123>", "reason": optional}; 404
+    not_found when no queued item has that id or it is not leased.
+    """
+    body = checked_body(RELEASE_BODY)
+    item_id = leases.check_item_id(body["id"])
+    reason = leases.check_release_reason(body.get("reason"))
+    ctx = context()
+    report = leases.release_lease(
+        ctx.db, item_id, actor=current_principal().holder, now=ctx.clock(), reason=reason
+    )
+    return jsonify(report)

@@ -20,7 +20,7 @@ from app.errors import (
     MissingFieldError,
     ValidationFailedError,
 )
-from app.queues import archive, workers
+from app.queues import archive, leases, workers
 from app.queues.archive import Completion
 from app.timeutil import iso
 
@@ -108,6 +108,38 @@ def complete_task() -> Response:
     report = archive.complete_task(
         ctx.db, result, now=ctx.clock(), max_attempts=ctx.settings.leases.archive_max_attempts
     )
+    return jsonify(report)
+
+
+@bp.get("/api/worker/tasks")
+@requires(ADMIN)
+def list_tasks() -> Response:
+    """URL tasks with mode, state, attempts, holders and last failure reason. Who: admins.
+
+    `?state=ready|leased|done|failed` filters; at most 100 tasks, newest first,
+    with the count of every state.
+    """
+    state = request.args.get("state") or None
+    if state is not None and state not in archive.STATES:
+        raise InvalidStatusError(
+            f"state must be one of {', '.join(archive.STATES)}, got {state!r}."
+        )
+    ctx = context()
+    tasks = [leases.url_task_row(doc) for doc in archive.list_tasks(ctx.db, state)]
+    return jsonify({"counts": archive.count_by_state(ctx.db), "tasks": tasks})
+
+
+@bp.post("/api/worker/retry")
+@requires(ADMIN)
+def retry_task() -> Response:
+    """Queue a task that failed for good again, as a new round. Who: admins.
+
+    Field `id`. Answers the task's report; "recorded": false when the task
+    is not failed (nothing changed); 404 task_not_found for an unknown id.
+    """
+    task_id = archive.check_task_id(_required(_fields(), "id"))
+    ctx = context()
+    report = archive.retry_task(ctx.db, task_id, actor=current_principal().holder, now=ctx.clock())
     return jsonify(report)
 
 

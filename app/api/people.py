@@ -11,10 +11,11 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from app.accounts import people
-from app.accounts.auth import ADMIN, MEMBER, current_principal, requires
+from app.accounts.auth import ADMIN, MEMBER, Principal, current_principal, requires
 from app.api.tracker import announce_base
 from app.api.web import checked_body, context, object_schema
 from app.errors import ForbiddenError
+from app.store.events import Doc
 from app.tracker import peersdb
 
 bp = Blueprint("people", __name__)
@@ -94,20 +95,37 @@ def change_user(name: str) -> Response:
     verified by other app processes follows within `auth.credential_cache_seconds`.
     """
     body = checked_body(CHANGE_BODY)
-    ctx, actor = context(), current_principal().holder
-    if name == current_principal().name and (
-        body.get("disabled") or body.get("role", ADMIN) != ADMIN
-    ):
-        raise ForbiddenError("An admin cannot disable or demote themselves; ask another admin.")
+    doc = change_person_as(current_principal(), name, body)
+    return jsonify(people.public_person(doc, people.tracker_member(context().db, name)))
+
+
+def change_person_as(admin: Principal, name: str, change: dict[str, Any]) -> Doc:
+    """Apply an admin's change {role?, can_invite?, disabled?} to a person; return them.
+
+    Shared by PATCH /api/users/<name> and the /admin/people page, so both
+    refuse the same things: ForbiddenError when the admin would demote or
+    disable themselves, UserNotFoundError, ValidationFailedError (a bad role).
+    """
+    check_not_demoting_self(admin, name, change)
+    ctx, actor = context(), admin.holder
     doc = people.get_person(ctx.db, name)
-    if "role" in body or "can_invite" in body:
+    if "role" in change or "can_invite" in change:
         doc = people.change_person(
-            ctx.db, name, role=body.get("role"), can_invite=body.get("can_invite"),
+            ctx.db, name, role=change.get("role"), can_invite=change.get("can_invite"),
             actor=actor, now=ctx.clock(),
         )  # fmt: skip
-    if body.get("disabled") is True:
+    if change.get("disabled") is True:
         doc = people.disable_person(ctx.db, name, actor=actor, now=ctx.clock())
-    elif body.get("disabled") is False and doc["state"] == people.DISABLED:
+    elif change.get("disabled") is False and doc["state"] == people.DISABLED:
         doc = people.enable_person(ctx.db, name, actor=actor, now=ctx.clock())
     ctx.auth.forget()  # basic auth cached here; other processes see it within their cache time
-    return jsonify(people.public_person(doc, people.tracker_member(ctx.db, name)))
+    return doc
+
+
+def check_not_demoting_self(admin: Principal, name: str, change: dict[str, Any]) -> None:
+    """Refuse (ForbiddenError) an admin disabling or demoting themselves.
+
+    Some admin must always remain able to undo a change; another admin can.
+    """
+    if name == admin.name and (change.get("disabled") or change.get("role", ADMIN) != ADMIN):
+        raise ForbiddenError("An admin cannot disable or demote themselves; ask another admin.")

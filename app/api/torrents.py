@@ -9,9 +9,11 @@ uploaders may upload them. The ingest scanner's listings go to app/api/ingest.py
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Request, Response, jsonify, request
+from werkzeug.datastructures import FileStorage
 
 from app.accounts.auth import MEMBER, UPLOADER, WORKER, current_principal, requires
 from app.api.web import context, form_or_json_fields, json_body, parse_json_text, whole_number
@@ -59,28 +61,34 @@ def _form_gazelle(raw: str | None) -> Any:
         raise InvalidGazelleError(exc.reason) from None
 
 
+def upload_from_form(fields: Mapping[str, str], file: FileStorage | None) -> aggregate.Upload:
+    """Parse a form upload: the .torrent `file` and/or Gazelle JSON text, `site`, `torrentId`.
+
+    Shared by POST /api/torrents (multipart) and the upload page
+    (app/web/library.py), so both refuse the same input with the same codes.
+    """
+    gazelle_raw = _form_gazelle(fields.get("gazelle"))
+    if file is None and gazelle_raw is None:
+        raise MissingFieldError("Send the .torrent as the file field 'torrent'.", field="torrent")
+    data = file.read(metainfo_torrent.MAX_TORRENT_FILE_BYTES + 1) if file is not None else None
+    parsed = parse.parse_torrent_file(data) if data is not None else None
+    gazelle = parse.parse_gazelle(gazelle_raw) if gazelle_raw is not None else None
+    return aggregate.make_upload(fields.get("site"), fields.get("torrentId"), parsed, gazelle)
+
+
 def _upload_from_request() -> aggregate.Upload:
     """Parse either form of upload: multipart (.torrent file) or JSON (Gazelle data)."""
     if _is_multipart(request):
-        file = request.files.get("torrent")
-        gazelle_raw = _form_gazelle(request.form.get("gazelle"))
-        if file is None and gazelle_raw is None:
-            raise MissingFieldError(
-                "Send the .torrent as the file field 'torrent'.", field="torrent"
-            )
-        data = file.read(metainfo_torrent.MAX_TORRENT_FILE_BYTES + 1) if file is not None else None
-        parsed = parse.parse_torrent_file(data) if data is not None else None
-        site, torrent_id = request.form.get("site"), request.form.get("torrentId")
-    else:
-        body = _json_object()
-        gazelle_raw = body.get("gazelle")
-        if gazelle_raw is None:
-            raise MissingFieldError("The JSON body needs 'gazelle' (and 'site').", field="gazelle")
-        parsed, site, torrent_id = None, body.get("site"), body.get("torrentId")
-        if site is None:
-            raise MissingFieldError("The JSON body needs 'site'.", field="site")
-    gazelle = parse.parse_gazelle(gazelle_raw) if gazelle_raw is not None else None
-    return aggregate.make_upload(site, torrent_id, parsed, gazelle)
+        return upload_from_form(request.form, request.files.get("torrent"))
+    body = _json_object()
+    gazelle_raw = body.get("gazelle")
+    if gazelle_raw is None:
+        raise MissingFieldError("The JSON body needs 'gazelle' (and 'site').", field="gazelle")
+    site = body.get("site")
+    if site is None:
+        raise MissingFieldError("The JSON body needs 'site'.", field="site")
+    gazelle = parse.parse_gazelle(gazelle_raw)
+    return aggregate.make_upload(site, body.get("torrentId"), None, gazelle)
 
 
 @bp.post("/api/torrents")

@@ -35,6 +35,7 @@ def main() -> None:
 def _add_subgroups() -> None:
     """Attach the command groups that live beside the code they drive."""
     from app.cli.people import COMMANDS as USER_COMMANDS
+    from app.cli.queues import lease
     from app.cli.tracker import tracker
     from worker.cli import worker
     from worker.scanner import ingest
@@ -43,6 +44,7 @@ def _add_subgroups() -> None:
     main.add_command(ingest)
     main.add_command(worker)
     main.add_command(tracker)
+    main.add_command(lease)
     for command in USER_COMMANDS:
         user.add_command(command)
 

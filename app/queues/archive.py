@@ -141,8 +141,8 @@ def apply_url_task_event(state: Doc, event: Doc) -> None:
     name, data = event["name"], event["data"]
     if data.get("ignored"):
         state["ignored_results"] = state.get("ignored_results", 0) + 1
-    elif name == "queued" and not event.get("concurrent"):  # queued at two sites: one round
-        _start_round(state, event)
+    elif name in ("queued", "retried") and not event.get("concurrent"):
+        _start_round(state, event)  # queued (or retried) at two sites while apart: one round
     elif name == "completed":
         state.update(state=DONE, lease=None, completed_at=event["at"], completed_by=event["actor"])
     elif name == "failed" and state["state"] in (DONE, FAILED):
@@ -158,7 +158,11 @@ def apply_url_task_event(state: Doc, event: Doc) -> None:
 
 
 def _start_round(state: Doc, event: Doc) -> None:
-    """Queue the URL afresh; `holders` (who leased it this round) starts empty."""
+    """Queue the URL afresh; `holders` (who leased it this round) starts empty.
+
+    An admin's retry ("retried") is a new round too: attempts start again from
+    zero, or the next failure would be final at once.
+    """
     data = event["data"]
     state.update(
         id=data["id"],
@@ -338,6 +342,29 @@ def task_report(task: Doc, event: Doc | None) -> dict[str, Any]:
     return report
 
 
+# ---------------------------------------------------------------- retry by hand
+
+
+def _retried_decision(state: Doc | None) -> tuple[str, dict[str, Any]] | None:
+    if state is None or state.get("state") != FAILED:
+        return None
+    data = {"url": state["url"], "mode": state["mode"], "id": state["id"]}
+    return "retried", {**data, "after_attempts": state.get("attempts", 0)}
+
+
+def retry_task(db: Database, task_id: int, *, actor: str, now: datetime) -> dict[str, Any]:
+    """Queue a task that failed for good again, as a new round; return its report.
+
+    Raises TaskNotFoundError for an unknown id. A task that is not failed
+    (retried already, or never failed) is left alone and reported with
+    "recorded": false, so a repeated click changes nothing.
+    """
+    [outcome] = commit(db, [(task_doc_id(task_id), _retried_decision)], actor=actor, now=now)
+    if outcome.state is None:
+        raise TaskNotFoundError(f"No URL task has id {task_id}.", id=task_id)
+    return task_report(outcome.state, outcome.event)
+
+
 # ---------------------------------------------------------------- counts
 
 
@@ -356,3 +383,27 @@ def count_by_state(db: Database) -> dict[str, int]:
         if state in counts:
             counts[state] += row["value"]
     return counts
+
+
+def list_tasks(db: Database, state: str | None = None, *, limit: int = 100) -> list[Doc]:
+    """URL tasks (all, or those in `state`), most recently queued first, at most `limit`.
+
+    Reads the same stats/by_type_state view by [type, state]; that view is
+    ordered by id within a state, so the newest `limit` of a big state are not
+    guaranteed: the page says how many there are and shows the first ones.
+    """
+    first: list[Any] = ["urltask", state]
+    last: list[Any] = ["urltask", state, {}]
+    if state is None:
+        first, last = ["urltask"], ["urltask", {}]
+    rows = db.view(
+        "stats",
+        "by_type_state",
+        reduce=False,
+        include_docs=True,
+        limit=limit,
+        startkey=first,
+        endkey=last,
+    )
+    docs = [row["doc"] for row in rows if row.get("doc")]
+    return sorted(docs, key=lambda d: d.get("queued_at", ""), reverse=True)

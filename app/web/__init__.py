@@ -44,9 +44,19 @@ def register_pages(app: Flask) -> None:
     Call after register_error_handlers and register_blueprints: the HTML 404
     for browsers wraps the JSON handler those installed.
     """
-    from app.web import admin, assets, auth_pages, dashboard, library, pages, profile, queues
+    from app.web import (
+        admin,
+        assets,
+        auth_pages,
+        dashboard,
+        inventory,
+        library,
+        pages,
+        profile,
+        queues,
+    )
 
-    page_modules = (dashboard, library, profile, admin, queues)
+    page_modules = (dashboard, inventory, library, profile, admin, queues)
     for blueprint in (pages.bp, auth_pages.bp, assets.bp, *(m.bp for m in page_modules)):
         app.register_blueprint(blueprint)
     app.after_request(add_security_headers)
