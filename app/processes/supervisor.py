@@ -246,7 +246,7 @@ def _print_banner(settings: Settings, url: str, bundled_server: bool) -> None:
     """Where everything is; the CouchDB URL without its credentials (never printed)."""
     shown = redact_credentials(url, settings.couchdb.password)
     app_url = f"http://{settings.server.host}:{settings.server.port}"
-    _say(f"distleech app:  {app_url}   (stats: {app_url}/stats)")
+    _say(f"distleech app:  {app_url}   (web UI: log in there; stats: {app_url}/stats)")
     if bundled_server:
         _say(f"CouchDB:        {shown} (bundled; Fauxton at {shown}/_utils)")
     else:
@@ -256,6 +256,7 @@ def _print_banner(settings: Settings, url: str, bundled_server: bool) -> None:
         _say(f"tracker:        {tracker_url}/announce?passkey=<passkey>")
     _say(f"logs:           {VAR / 'log'}")
     _say("first admin:    .venv/bin/distleech user add NAME --admin")
+    _say("invite someone: .venv/bin/distleech invite create   (prints their registration link)")
     _say("worker token:   .venv/bin/distleech token add --role worker NAME")
     _say("indexes:        warming in the background (below); the app serves meanwhile")
     _say("Ctrl-C stops everything.")
