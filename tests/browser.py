@@ -15,10 +15,11 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from flask import Flask
-from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 from werkzeug.serving import make_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,3 +143,20 @@ def pytest_runtest_makereport(
     if call.when == "call" and report.failed:
         item.stash[FAILED] = True
     return report
+
+
+def log_in(page: Page, base: str, name: str, password: str, then: str = "/") -> None:
+    """Log in through the real /login form, as a person does; the browser lands on `then`."""
+    page.goto(f"{base}/login?next={quote(then, safe='/')}")
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(f"{base}{then}")
+
+
+def fits_the_width(page: Page) -> bool:
+    """Whether the page needs no sideways scrolling at the current viewport's width."""
+    scroll, client = page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    return bool(scroll <= client)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import requests
-from browser import screenshot
+from browser import fits_the_width, log_in, screenshot
 from factories import make_albums
 from playwright.sync_api import expect
 
@@ -45,15 +45,6 @@ def lease_and_find(url, worker, *, rows, found):
     requests.post(f"{url}/metadata/submit", json=body, headers=worker, timeout=10)
 
 
-def log_in(page, url, next_path="/"):
-    """Through the real login form, as a person would."""
-    page.goto(f"{url}/login?next={next_path}")
-    page.get_by_label("Name").fill("alice")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{url}{next_path}")
-
-
 def watch_console(page) -> list[str]:
     """Collect console errors (a CSP violation is one) while the test runs."""
     errors: list[str] = []
@@ -71,7 +62,7 @@ def watch_console(page) -> list[str]:
 def test_the_dashboard_shows_the_apis_numbers_and_draws_the_chart(page, busy_site, worker, clock):
     url = busy_site.url
     errors = watch_console(page)
-    log_in(page, url)
+    log_in(page, url, "alice", PASSWORD)
     expect(page).to_have_title("Dashboard · distleech")
 
     # every queue count a person reads is the one GET /stats gives a script
@@ -111,7 +102,7 @@ def test_the_dashboard_shows_the_apis_numbers_and_draws_the_chart(page, busy_sit
 def test_the_inventory_finds_an_album_and_tells_its_history(page, busy_site):
     url = busy_site.url
     errors = watch_console(page)
-    log_in(page, url, "/inventory")
+    log_in(page, url, "alice", PASSWORD, "/inventory")
     expect(page).to_have_title("Inventory · distleech")
     expect(page.locator("#album-table tbody tr")).to_have_count(15)
     screenshot(page, "inventory")
@@ -129,7 +120,7 @@ def test_the_dashboard_reads_without_javascript(browser, busy_site):
     context = browser.new_context(java_script_enabled=False)
     try:
         page = context.new_page()
-        log_in(page, busy_site.url)
+        log_in(page, busy_site.url, "alice", PASSWORD)
         expect(page.locator('td[data-queue="metadata"][data-state="found"]')).to_have_text("6")
         expect(page.locator("#events-feed")).to_contain_text("leased")
         page.get_by_text("Throughput as a table").click()
@@ -141,9 +132,6 @@ def test_the_dashboard_reads_without_javascript(browser, busy_site):
 @pytest.mark.parametrize("path", ["/", "/inventory"])
 def test_the_pages_fit_a_phone_screen(page, busy_site, path):
     page.set_viewport_size(PHONE)
-    log_in(page, busy_site.url, path)
+    log_in(page, busy_site.url, "alice", PASSWORD, path)
     expect(page.get_by_role("heading", level=1)).to_be_visible()
-    scroll_width, client_width = page.evaluate(
-        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
-    )
-    assert scroll_width <= client_width
+    assert fits_the_width(page)

@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from browser import log_in
 from bt_clients import (
     LEECHER_IP,
     NETNS_REASON,
@@ -34,14 +35,6 @@ pytestmark = pytest.mark.skipif(not in_loopback_only_netns(), reason=NETNS_REASO
 ADMIN_PASSWORD = "correct horse battery"
 PASSWORD = "danas own password"
 TOP = "Kate Bush - Hounds of Love (1985) [FLAC]"
-
-
-def log_in(page: Page, base: str, name: str, password: str) -> None:
-    page.goto(f"{base}/login")
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_url(f"{base}/")
 
 
 def profile_figure(page: Page, base: str, label: str) -> str:

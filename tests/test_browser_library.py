@@ -9,8 +9,8 @@ from pathlib import Path
 
 import bencode2
 import pytest
-from browser import screenshot
-from playwright.sync_api import Page, expect
+from browser import fits_the_width, log_in, screenshot
+from playwright.sync_api import expect
 from torrent_factories import (
     gazelle,
     info_hash_of,
@@ -45,15 +45,6 @@ def make_person(db, clock, admin_auth):
     return factory
 
 
-def log_in(page: Page, base: str, name: str, then: str = "/library") -> None:
-    """Log in through the real /login form, which brings the browser on to `then`."""
-    page.goto(f"{base}/login?next={then}")
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_url(f"{base}{then}")
-
-
 def album(tmp_path: Path) -> tuple[Path, bytes]:
     root = write_files(tmp_path, {f"{TOP}/01 Mango.flac": 60_000, f"{TOP}/cover.jpg": 900})
     return root / TOP, make_torrent(root / TOP)
@@ -79,7 +70,7 @@ def test_an_uploader_uploads_finds_opens_and_downloads_a_torrent(
     )
 
     # log in through the form, then upload the .torrent and its Gazelle JSON
-    log_in(page, base, "ulla", "/library/upload")
+    log_in(page, base, "ulla", PASSWORD, "/library/upload")
     expect(page).to_have_title("Upload a torrent · distleech")
     page.get_by_label(".torrent file").set_input_files(str(torrent_file))
     page.get_by_label("Gazelle JSON").fill(json.dumps(found))
@@ -133,7 +124,7 @@ def test_the_torrents_pages_fit_a_phone_screen(page, live_server, make_person, d
     make_person("ulla", "uploader")
     _, data = album(tmp_path)
     page.set_viewport_size({"width": 375, "height": 667})
-    log_in(page, base, "ulla", "/library/upload")
+    log_in(page, base, "ulla", PASSWORD, "/library/upload")
     torrent_file = tmp_path / "album.torrent"
     torrent_file.write_bytes(data)
     page.get_by_label(".torrent file").set_input_files(str(torrent_file))
@@ -141,15 +132,12 @@ def test_the_torrents_pages_fit_a_phone_screen(page, live_server, make_person, d
     expect(page).to_have_url(re.compile(r"\?uploaded=registered$"))
     for path in ("/library", f"/library/{info_hash_of(data)}", "/library/upload"):
         page.goto(f"{base}{path}")
-        scroll_width, client_width = page.evaluate(
-            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
-        )
-        assert scroll_width <= client_width, path
+        assert fits_the_width(page), path
 
 
 def test_a_member_gets_a_403_page_for_upload(page, live_server, make_person):
     make_person("mia", "member")
-    log_in(page, live_server.url, "mia")
+    log_in(page, live_server.url, "mia", PASSWORD, "/library")
     response = page.goto(f"{live_server.url}/library/upload")
     assert response is not None and response.status == 403
     expect(page.get_by_role("alert")).to_have_text("This page is for: uploader.")
@@ -159,7 +147,7 @@ def test_a_bad_upload_shows_the_error_in_words_and_registers_nothing(
     page, live_server, make_person, db, tmp_path
 ):
     make_person("ulla", "uploader")
-    log_in(page, live_server.url, "ulla", "/library/upload")
+    log_in(page, live_server.url, "ulla", PASSWORD, "/library/upload")
     not_a_torrent = tmp_path / "notes.torrent"
     not_a_torrent.write_text("these are notes, not a torrent")
     page.get_by_label(".torrent file").set_input_files(str(not_a_torrent))
@@ -183,7 +171,7 @@ def test_the_tracker_numbers_refresh_while_the_page_is_open(
     _, data = album(tmp_path)
     upload = make_upload(None, None, parse_torrent_file(data), None)
     info_hash = register_upload(db, upload, actor="test", now=clock())["info_hash"]
-    log_in(page, live_server.url, "mia", f"/library/{info_hash}")
+    log_in(page, live_server.url, "mia", PASSWORD, f"/library/{info_hash}")
     seeders = page.locator(f"#seeders-{info_hash}")
     expect(seeders).to_have_text("0")
     # two seeders arrive: htmx brings the new number within about 10 s, no reload

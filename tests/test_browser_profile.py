@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from browser import screenshot
+from browser import fits_the_width, log_in, screenshot
 from playwright.sync_api import Page, expect
 
 from app.accounts import people
@@ -15,14 +15,6 @@ from app.tracker import members
 ADMIN_PASSWORD = "correct horse battery"
 PASSWORD = "carols first password"
 NEW_PASSWORD = "carols second password"
-
-
-def log_in(page: Page, base: str, name: str, password: str) -> None:
-    page.goto(f"{base}/login")
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_url(f"{base}/")
 
 
 def log_out(page: Page) -> None:
@@ -117,7 +109,4 @@ def test_the_profile_fits_a_phone_screen(page, live_server, db, clock):
     page.goto(f"{live_server.url}/profile")
     page.get_by_role("button", name="Create an invite link").click()  # a link and a table
     expect(page.get_by_label("Registration link")).to_be_visible()
-    scroll_width, client_width = page.evaluate(
-        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
-    )
-    assert scroll_width <= client_width
+    assert fits_the_width(page)

@@ -5,31 +5,16 @@ from __future__ import annotations
 import re
 
 import requests
-from browser import screenshot
+from browser import fits_the_width, log_in, screenshot
 from conftest import token_header, write_csv
 from playwright.sync_api import expect
 
 PASSWORD = "correct horse battery"
 
 
-def log_in(page, base):
-    page.goto(f"{base}/login")
-    page.get_by_label("Name").fill("root")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_title(re.compile("Dashboard"))
-
-
-def fits_the_width(page) -> bool:
-    scroll, client = page.evaluate(
-        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
-    )
-    return scroll <= client
-
-
 def test_import_then_lease_then_release(page, live_server, admin_auth, worker, tmp_path):
     base = live_server.url
-    log_in(page, base)
+    log_in(page, base, "root", PASSWORD)
 
     # the admin imports a CSV and watches it reach the final summary
     rows = [("Cockburn, Bruce", f"Album {i}") for i in range(300)] + [("", "No Artist")]
@@ -87,7 +72,7 @@ def test_archive_page_shows_a_failure_and_retry_queues_it_again(
     failed = {"id": task_id, "status": "failed", "reason": "HTTP 410: the video was removed"}
     requests.post(f"{base}/api/worker/complete", data=failed, headers=worker, timeout=10)
 
-    log_in(page, base)
+    log_in(page, base, "root", PASSWORD)
     page.goto(f"{base}/admin/archive")
     expect(page).to_have_title(re.compile("^Archive queue"))
     row = page.locator("tbody tr", has_text=url)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import requests
+from browser import fits_the_width
 from factories import make_albums
 from playwright.sync_api import expect
 
@@ -30,7 +31,4 @@ def test_the_stats_page_fits_a_phone_screen(page, live_server):
     page.set_viewport_size({"width": 375, "height": 667})
     page.goto(f"{live_server.url}/stats")
     expect(page.locator("body")).to_contain_text(re.compile(r"Albums: \d+"))
-    scroll_width, client_width = page.evaluate(
-        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
-    )
-    assert scroll_width <= client_width
+    assert fits_the_width(page)
