@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -66,11 +67,18 @@ def serving(app: Flask) -> Iterator[str]:
 
 
 def screenshot(page: Page, name: str) -> Path:
-    """Save the whole page as docs/screenshots/<name>.png (the README's pictures)."""
-    path = SCREENSHOTS / f"{name}.png"
+    """Take the whole page as <name>.png: the README's pictures in docs/screenshots/
+    when DISTLEECH_SCREENSHOTS=1 (`DISTLEECH_SCREENSHOTS=1 make test` refreshes
+    them), else in a temporary folder, so that a test run leaves the tree clean."""
+    folder = SCREENSHOTS if os.environ.get("DISTLEECH_SCREENSHOTS") == "1" else _scratch()
+    path = folder / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def _scratch() -> Path:
+    return Path(tempfile.gettempdir()) / f"distleech-screenshots-{os.getpid()}"
 
 
 @pytest.fixture(scope="session")

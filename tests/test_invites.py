@@ -107,7 +107,7 @@ def test_an_invite_can_make_an_uploader_or_an_admin(client, admin_auth):
 def test_two_registrations_racing_for_one_invite_make_one_user(db, clock, monkeypatch):
     """The second request read the invite as open before the first recorded it: the
     invite's projection decides, and the user the loser had created is removed."""
-    secret, made = invites.create_invite(db, inviter="root", now=clock())
+    secret, made = invites.create_invite(db, inviter="cli:test", now=clock())
     assert invites.register(db, secret, "alice", PASSWORD, now=clock())["name"] == "alice"
     monkeypatch.setattr(invites, "_check_open", lambda invite, now: None)  # read it as open
     with pytest.raises(InvalidInviteError, match="used a moment ago"):

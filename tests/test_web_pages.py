@@ -43,7 +43,7 @@ def assert_security_headers(response) -> None:
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     assert response.headers["X-Frame-Options"] == "DENY"
-    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Referrer-Policy"] == "same-origin"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
@@ -155,7 +155,7 @@ def test_a_logged_out_cookie_no_longer_works(app, alice):
 
 
 def test_register_with_an_invite_creates_the_member_and_logs_them_in(client, db, clock):
-    secret, _ = create_invite(db, inviter="root", role="member", days=7, now=clock())
+    secret, _ = create_invite(db, inviter="cli:test", role="member", days=7, now=clock())
     form = client.get(f"/register?invite={secret}")
     assert form.status_code == 200
     assert f'value="{secret}"' in form.text
@@ -174,7 +174,7 @@ def test_register_with_an_invite_creates_the_member_and_logs_them_in(client, db,
 
 
 def test_register_with_a_used_invite_shows_why(client, db, clock):
-    secret, _ = create_invite(db, inviter="root", role="member", days=7, now=clock())
+    secret, _ = create_invite(db, inviter="cli:test", role="member", days=7, now=clock())
     fields = {"invite": secret, "password": PASSWORD, "password_again": PASSWORD}
     assert client.post("/register", data={**fields, "name": "bob"}).status_code == 303
 
@@ -185,7 +185,7 @@ def test_register_with_a_used_invite_shows_why(client, db, clock):
 
 
 def test_register_with_a_taken_name_is_409(client, db, clock, alice):
-    secret, _ = create_invite(db, inviter="root", role="member", days=7, now=clock())
+    secret, _ = create_invite(db, inviter="cli:test", role="member", days=7, now=clock())
     data = {"invite": secret, "name": "alice", "password": PASSWORD, "password_again": PASSWORD}
     response = client.post("/register", data=data)
     assert response.status_code == 409
@@ -193,7 +193,7 @@ def test_register_with_a_taken_name_is_409(client, db, clock, alice):
 
 
 def test_register_with_mismatched_passwords_is_400_and_keeps_the_invite_open(client, db, clock):
-    secret, _ = create_invite(db, inviter="root", role="member", days=7, now=clock())
+    secret, _ = create_invite(db, inviter="cli:test", role="member", days=7, now=clock())
     data = {"invite": secret, "name": "bob", "password": PASSWORD, "password_again": "other one"}
     response = client.post("/register", data=data)
     assert response.status_code == 400
@@ -202,7 +202,7 @@ def test_register_with_mismatched_passwords_is_400_and_keeps_the_invite_open(cli
 
 
 def test_register_with_a_short_password_says_the_rule(client, db, clock):
-    secret, _ = create_invite(db, inviter="root", role="member", days=7, now=clock())
+    secret, _ = create_invite(db, inviter="cli:test", role="member", days=7, now=clock())
     data = {"invite": secret, "name": "bob", "password": "short", "password_again": "short"}
     response = client.post("/register", data=data)
     assert response.status_code == 400
@@ -251,7 +251,7 @@ def test_unknown_url_is_an_html_page_for_browsers_and_json_for_scripts(client):
 
 
 def test_no_page_carries_inline_scripts_or_styles(client, db, clock, alice):
-    secret, _ = create_invite(db, inviter="root", role="member", days=7, now=clock())
+    secret, _ = create_invite(db, inviter="cli:test", role="member", days=7, now=clock())
     pages = [
         client.get("/login").text,
         client.get(f"/register?invite={secret}").text,

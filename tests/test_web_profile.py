@@ -22,7 +22,7 @@ IH = "ab" * 20
 @pytest.fixture
 def alice(client, db, clock):
     """A member registered by invite (so with a passkey), logged in with `client`."""
-    secret, _ = create_invite(db, inviter="root", role="member", days=7, now=clock())
+    secret, _ = create_invite(db, inviter="cli:test", role="member", days=7, now=clock())
     fields = {"invite": secret, "name": "alice", "password": PASSWORD, "password_again": PASSWORD}
     assert client.post("/register", data=fields).status_code == 303
     return "alice"
@@ -199,7 +199,7 @@ def test_an_allowed_member_invites_sees_the_link_once_and_revokes(client, db, cl
 
 def test_a_member_cannot_revoke_someone_elses_invite(client, db, clock, alice):
     people.change_person(db, "alice", can_invite=True, actor="root", now=clock())
-    _, other = create_invite(db, inviter="root", role="member", days=7, now=clock())
+    _, other = create_invite(db, inviter="cli:test", role="member", days=7, now=clock())
     response = post(client, f"/profile/invites/{other['_id'].split(':')[1]}/revoke")
     assert response.status_code == 404 and "of yours" in response.text
     assert db.get(other["_id"])["state"] == "open"

@@ -47,7 +47,7 @@ MEMBER, UPLOADER = "member", "uploader"  # people's roles; each includes the one
 TOKEN_ROLES = (WORKER, QUEUER)
 # What a role may also act as (an admin may act as anything: see `requires`).
 ROLE_INCLUDES = {UPLOADER: (MEMBER,)}
-NAME_PATTERN_HELP = "1-64 characters: letters, digits, '.', '_', '-', '@'"
+NAME_PATTERN_HELP = "1-64 characters: letters, digits, '.', '_', '-', '@' (not only dots)"
 _CACHE_LIMIT = 4096
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,8 +68,9 @@ class Principal:
 
 
 def check_name(name: str) -> None:
+    """A user's or token's name. Only dots is refused: a URL path resolves `.` and `..`."""
     ok = 0 < len(name) <= 64 and all(c.isalnum() or c in "._-@" for c in name)
-    if not ok:
+    if not ok or not name.strip("."):
         raise ValidationFailedError(f"Invalid name {name!r}: {NAME_PATTERN_HELP}.")
 
 
@@ -90,8 +91,8 @@ def apply_user_event(state: Doc, event: Doc) -> None:
             state["role"] = data["role"]
     elif name == "changed":  # role (and admin with it), can_invite: app/accounts/people.py
         state.update(data)
-    elif name == "disabled":
-        state["state"] = "disabled"
+    elif name == "disabled":  # sessions opened before this never work again, even once enabled
+        state.update(state="disabled", sessions_after=event["at"])
     elif name == "enabled":
         state["state"] = "active"
     elif name == "removed":  # `password_changed` changes no state: the hash is a secret

@@ -24,7 +24,7 @@ from typing import Any
 from werkzeug.security import generate_password_hash
 
 from app.accounts import credentials, people
-from app.accounts.auth import check_name, check_password, user_doc_id
+from app.accounts.auth import ADMIN, check_name, check_password, role_of, user_doc_id
 from app.errors import (
     AlreadyExistsError,
     InvalidInviteError,
@@ -92,6 +92,7 @@ def register(db: Database, secret: str, name: str, password: str, *, now: dateti
     invite = db.get_or_none(invite_doc_id(invite_id)) if invite_id else None
     _check_open(invite, now)
     assert invite is not None and invite_id is not None
+    _check_inviter(db, invite)
     if (db.get_or_none(user_doc_id(name)) or {}).get("state", "removed") != "removed":
         raise AlreadyExistsError(f"The name {name!r} is taken; choose another.", user=name)
     created = {"name": name, "admin": invite["role"] == "admin", "role": invite["role"]}
@@ -139,6 +140,24 @@ def _undo(
 
 def _is_open(invite: Doc | None, now: datetime) -> bool:
     return invite is not None and invite.get("state") == OPEN and invite["expires_at"] > iso(now)
+
+
+def _check_inviter(db: Database, invite: Doc) -> None:
+    """An invite works only while its inviter may still give its role.
+
+    An admin disabled, demoted or removed (or a member who lost the right to
+    invite) takes their open invites with them. Invites made from the
+    command line (`cli:<account>`) are an operator's and have no user.
+    """
+    inviter = db.get_or_none(user_doc_id(invite["inviter"]))
+    if inviter is None and invite["inviter"].split(":", 1)[0] == "cli":
+        return
+    active: Doc = inviter if inviter is not None and inviter.get("state") == "active" else {}
+    if active and role_of(active) == ADMIN:
+        return
+    if active.get("can_invite") and invite["role"] == "member":
+        return
+    raise InvalidInviteError("Whoever made this invite may no longer invite; ask for a new link.")
 
 
 def _check_open(invite: Doc | None, now: datetime) -> None:

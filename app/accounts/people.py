@@ -82,13 +82,23 @@ def issue_passkey(db: Database, name: str, *, actor: str, now: datetime) -> str:
 
 
 def _track(db: Database, name: str, passkey: str, *, actor: str, now: datetime) -> None:
-    """Make the person's tracker user active with this passkey."""
+    """Make the person's tracker user active with this passkey, while the person is.
+
+    The person and their tracker user are two aggregates: a disable that lands
+    between the check and this write would leave a disabled person's passkey
+    working, so the person is read again after it, and their tracker user
+    deleted if they were disabled meanwhile.
+    """
     user_id = member_user_id(name)
     current = db.get_or_none(tracker_user_doc_id(user_id))
     if current and current.get("active"):
         members.update_user(db, user_id, passkey=passkey, actor=actor, now=now)
     else:
         members.register_user(db, user_id, name=name, passkey=passkey, actor=actor, now=now)
+    if get_person(db, name)["state"] != ACTIVE:
+        tracked = tracker_member(db, name)
+        if tracked and tracked.get("active"):
+            members.delete_user(db, user_id, actor=actor, now=now)
 
 
 def get_passkey(db: Database, name: str) -> str | None:

@@ -49,6 +49,7 @@ class Session:
     csrf: str
     expires_at: str
     password: str  # the fingerprint of the password it was opened with
+    opened_at: str = ""  # a person disabled after this ends it (their `sessions_after`)
 
 
 class LoginLimiter:
@@ -122,7 +123,7 @@ def login(
         db, name, password, address=address, limiter=limiter, unmatchable=unmatchable_hash
     )
     secret, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    session = Session(name, csrf, iso(now + timedelta(hours=hours)), opened_with)
+    session = Session(name, csrf, iso(now + timedelta(hours=hours)), opened_with, iso(now))
     credentials.put_session(db, credentials.token_sha256(secret), dataclasses.asdict(session))
     return secret, session
 
@@ -150,17 +151,20 @@ def fingerprint(password_hash: str) -> str:
 
 def find(db: Database, secret: str, now: datetime) -> tuple[Session, dict[str, Any]] | None:
     """The live session of this cookie and its user's projection (None: unknown,
-    expired, its user removed, or the password changed since)."""
+    expired, its user removed or disabled since it opened, or the password changed)."""
     doc = credentials.find_session(db, credentials.token_sha256(secret))
     if doc is None or doc["expires_at"] <= iso(now):
         return None
     user = db.get_or_none(f"user:{doc['user']}")
     if not user or user.get("state") != "active":
         return None
+    if user.get("sessions_after") and doc.get("opened_at", "") <= user["sessions_after"]:
+        return None  # opened before the person was disabled (and enabled again since)
     stored = credentials.get_password_hash(db, doc["user"])
     if stored is None or fingerprint(stored) != doc.get("password"):
         return None  # the password changed (or the name belongs to a new account) since
-    return Session(doc["user"], doc["csrf"], doc["expires_at"], doc["password"]), user
+    fields = ("user", "csrf", "expires_at", "password", "opened_at")
+    return Session(*(doc.get(field, "") for field in fields)), user
 
 
 def logout(db: Database, secret: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 
 from app.errors import CrossSiteRequestError
 
@@ -28,12 +28,29 @@ def register_blueprints(app: Flask) -> None:
     )
 
     app.before_request(refuse_cross_site_writes)
+    app.before_request(allow_large_uploads)
     modules = (
         *(metadata, archive, stats, admin, torrents, ingest, cache, tracker, sites),
         *(accounts, people, tokens),
     )
     for module in modules:
         app.register_blueprint(module.bp)
+
+
+# Inventory uploads may be far larger than any other body (server.max_upload_bytes).
+UPLOAD_ENDPOINTS = frozenset({"admin.import_csv", "queue_pages.import_upload"})
+
+
+def allow_large_uploads() -> None:
+    """Raise the body limit for the inventory uploads before anything reads the body.
+
+    It must happen here: the CSRF check of a session reads the form (and so
+    the whole body) before the view runs, under the ordinary limit.
+    """
+    if request.endpoint in UPLOAD_ENDPOINTS:
+        request.max_content_length = current_app.extensions[
+            "distleech"
+        ].settings.server.max_upload_bytes
 
 
 LEASING_GETS = frozenset({"metadata.lease_metadata", "archive.lease_next"})

@@ -54,7 +54,9 @@ def create_invite() -> tuple[Response, int]:
     secret, doc = create_invite_as(
         current_principal(), body.get("role", "member"), body.get("days", 7)
     )
-    return jsonify({**invites.public_invite(doc), "secret": secret}), 201
+    response = jsonify({**invites.public_invite(doc), "secret": secret})
+    response.headers["Cache-Control"] = "no-store"  # the secret is shown this once
+    return response, 201
 
 
 def create_invite_as(principal: Principal, role: str, days: float) -> tuple[str, Doc]:

@@ -33,8 +33,7 @@ def import_csv() -> tuple[Response, int]:
     Answers the import summary; a file without the required columns is refused
     with invalid_csv before anything is written.
     """
-    ctx = context()
-    request.max_content_length = ctx.settings.server.max_upload_bytes
+    ctx = context()  # the body may reach server.max_upload_bytes: app/api allow_large_uploads
     upload = request.files.get("file")
     binary = upload.stream if upload is not None else request.stream
     if upload is None and not request.content_length:

@@ -65,6 +65,9 @@ def run_gunicorn(settings: Settings, *, host: str, port: int, workers: int) -> N
         "graceful_timeout": 10,
         "post_fork": _post_fork,
         "accesslog": "-",
+        # The path without its query: /register?invite=<secret> and the members'
+        # download ?passkey=<passkey> carry secrets that a log must not keep.
+        "access_log_format": '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss',
         "errorlog": "-",
         "loglevel": "info",
     }

@@ -37,6 +37,7 @@ from app.store.commit import commit
 from app.store.couch import Database
 from app.store.events import Decision, Doc
 from app.timeutil import iso
+from metainfo.names import whole_number
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,9 @@ def check_task_id(raw: Any) -> int:
 
 
 def _is_digits(raw: Any) -> bool:
-    """ASCII digits only: str.isdigit() also accepts "²", which int() refuses."""
-    return isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit()
+    """ASCII digits only, a few: str.isdigit() also accepts "²", and int() refuses
+    more than 4,300 digits (both would end as a 500)."""
+    return isinstance(raw, str) and whole_number(raw.strip()) is not None
 
 
 def check_reason(raw: Any) -> str | None:
@@ -141,8 +143,10 @@ def apply_url_task_event(state: Doc, event: Doc) -> None:
     name, data = event["name"], event["data"]
     if data.get("ignored"):
         state["ignored_results"] = state.get("ignored_results", 0) + 1
-    elif name in ("queued", "retried") and not event.get("concurrent"):
-        _start_round(state, event)  # queued (or retried) at two sites while apart: one round
+    elif name == "queued" and not event.get("concurrent"):
+        _start_round(state, event)  # queued at two sites while apart: one round
+    elif name == "retried" and state["state"] == FAILED:
+        _start_round(state, event)  # a second site's retry, apart, finds it ready: one round
     elif name == "completed":
         state.update(state=DONE, lease=None, completed_at=event["at"], completed_by=event["actor"])
     elif name == "failed" and state["state"] in (DONE, FAILED):
@@ -386,24 +390,26 @@ def count_by_state(db: Database) -> dict[str, int]:
 
 
 def list_tasks(db: Database, state: str | None = None, *, limit: int = 100) -> list[Doc]:
-    """URL tasks (all, or those in `state`), most recently queued first, at most `limit`.
+    """URL tasks in `state` (else failed first, then leased, ready, done), at most `limit`.
 
-    Reads the same stats/by_type_state view by [type, state]; that view is
-    ordered by id within a state, so the newest `limit` of a big state are not
-    guaranteed: the page says how many there are and shows the first ones.
+    Reads the stats/by_type_state view by [type, state], one state at a time:
+    ordered by id within a state, so the newest of a big state are not
+    guaranteed (the page says how many there are). Without a state the tasks
+    that need someone come first, however many are done.
     """
-    first: list[Any] = ["urltask", state]
-    last: list[Any] = ["urltask", state, {}]
-    if state is None:
-        first, last = ["urltask"], ["urltask", {}]
-    rows = db.view(
-        "stats",
-        "by_type_state",
-        reduce=False,
-        include_docs=True,
-        limit=limit,
-        startkey=first,
-        endkey=last,
-    )
-    docs = [row["doc"] for row in rows if row.get("doc")]
-    return sorted(docs, key=lambda d: d.get("queued_at", ""), reverse=True)
+    found: list[Doc] = []
+    for wanted in [state] if state else [FAILED, LEASED, READY, DONE]:
+        rows = db.view(
+            "stats",
+            "by_type_state",
+            reduce=False,
+            include_docs=True,
+            limit=limit - len(found),
+            startkey=["urltask", wanted],
+            endkey=["urltask", wanted, {}],
+        )
+        docs = [row["doc"] for row in rows if row.get("doc")]
+        found += sorted(docs, key=lambda d: d.get("queued_at", ""), reverse=True)
+        if len(found) >= limit:
+            break
+    return found

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from app.accounts import sessions
@@ -29,7 +29,9 @@ CONTENT_SECURITY_POLICY = (
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",  # no framing: clickjacking (CSP frame-ancestors for new browsers)
-    "Referrer-Policy": "no-referrer",  # passkeys and invite secrets appear in some URLs
+    # passkeys and invite secrets appear in some URLs: never sent to another site (a
+    # same-site Referer brings a browser back to its form after a login, app/web/pages.py)
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }
 # Paths of the JSON API and the original clients' endpoints: their errors stay
@@ -67,9 +69,15 @@ def register_pages(app: Flask) -> None:
 
 
 def add_security_headers(response: Response) -> Response:
-    """Add the security headers to every response; a view may set its own first."""
+    """Add the security headers to every response; a view may set its own first.
+
+    A page rendered for a logged-in person holds their CSRF token and what only
+    they may see: no cache keeps it (`g.web_viewer` is set by app/web/pages.py).
+    """
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    if g.get("web_viewer") is not None:
+        response.headers.setdefault("Cache-Control", "private, no-store")
     return response
 
 

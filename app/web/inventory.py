@@ -24,6 +24,7 @@ from app.queues.holders import LEASED, READY, holders_of
 from app.store.couch import Database, prefix_end
 from app.store.events import Doc, read_events, site_of
 from app.web.pages import login_required, page_blueprint, render_page
+from metainfo.names import whole_number
 
 bp = page_blueprint("inventory", __name__)
 
@@ -44,9 +45,10 @@ def browse() -> Any:
     error = None
     if state and state not in STATES:
         error, state = "Choose a state from the list.", ""
-    if not start_text.isdigit():
-        error, start_text = "The page position must be a whole number; showing the first page.", "0"
-    albums, scanned, more = find_albums(context().db, state, words, int(start_text))
+    start = whole_number(start_text)
+    if start is None:
+        error, start = "The page position must be a whole number; showing the first page.", 0
+    albums, scanned, more = find_albums(context().db, state, words, start)
     html = render_page(
         "inventory/browse.html",
         title="Inventory",
@@ -55,8 +57,8 @@ def browse() -> Any:
         states=STATES,
         q=request.args.get("q", ""),
         albums=albums,
-        start=int(start_text),
-        next_start=int(start_text) + scanned if more else None,
+        start=start,
+        next_start=start + scanned if more else None,
         scanned=scanned,
         searching=bool(words),
     )
@@ -183,8 +185,11 @@ def change_sentence(name: str, data: dict[str, Any]) -> str:
         holders = data.get("holders") or [data.get("holder")]
         who = ", ".join(str(h) for h in holders if h) or "its holder"
         return f"The lease of {who} ran out; back in the queue."
-    if name == "released":
-        return f"Released by {data.get('holder') or 'its holder'}; back in the queue."
+    if name == "released":  # by hand, by an admin (the event's actor): app/queues/leases.py
+        holders = data.get("holders") or [data.get("holder")]
+        who = ", ".join(str(h) for h in holders if h) or "its holder"
+        reason = f" ({data['reason']})" if data.get("reason") else ""
+        return f"The lease of {who} was released by hand{reason}; back in the queue."
     if name == "torrents_found":
         torrents = data.get("torrents") or []
         listed = ", ".join(f"{t.get('site')} #{t.get('torrentId')}" for t in torrents)

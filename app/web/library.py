@@ -40,6 +40,7 @@ from app.web.pages import (
     see_other,
     viewer,
 )
+from metainfo.names import whole_number
 
 bp = page_blueprint("library", __name__)
 
@@ -151,7 +152,8 @@ def search_docs(query: str, page: int) -> tuple[list[Doc], bool]:
 
 def page_number(raw: str | None) -> int:
     """The ?page= asked for: a whole number from 1; anything else is the first page."""
-    return int(raw) if raw and raw.isdigit() and 0 < int(raw) < 100_000 else 1
+    value = whole_number(raw) if raw else None
+    return value if value is not None and 0 < value < 100_000 else 1
 
 
 def page_link(query: str, sort: str, page: int) -> str:

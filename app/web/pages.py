@@ -26,7 +26,7 @@ from collections.abc import Callable
 from functools import wraps
 from http import HTTPStatus
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, Response, current_app, g, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -133,13 +133,24 @@ def login_required(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if viewer() is None:
-            here = request.path
-            if request.query_string:
-                here += "?" + request.query_string.decode("utf-8", "replace")
-            return see_other("/login?" + urlencode({"next": here}))
+            return see_other("/login?" + urlencode({"next": come_back_to()}))
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def come_back_to() -> str:
+    """Where a login should bring the browser back: this page, or for a form sent
+    after the session ended, the page the form was on (its POST-only URL would be 405)."""
+    if request.method == "GET":
+        here = request.path
+        if request.query_string:
+            here += "?" + request.query_string.decode("utf-8", "replace")
+        return here
+    referrer = urlsplit(request.referrer or "")
+    if referrer.netloc == request.host and referrer.path.startswith("/"):
+        return safe_next(referrer.path + (f"?{referrer.query}" if referrer.query else ""))
+    return "/"
 
 
 def role_required(*roles: str) -> Callable[[F], F]:

@@ -15,6 +15,7 @@ words and its 4xx status.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from typing import Any
 from urllib.parse import urlencode
@@ -47,9 +48,14 @@ CONFIRMATIONS = {
 ARCHIVE_MODES = ((0, "0: archive"), (1, "1: re-archive"))
 
 
+# The item a confirmation names: a task id or an aggregate id, never free text.
+CONFIRMED_ITEM = re.compile(r"^(?:\d{1,20}|(?:album|dltask|urltask):[\w.:-]{1,120})$")
+
+
 def _confirmation() -> str:
     words = CONFIRMATIONS.get(request.args.get("done", ""))
-    return words.format(item=request.args.get("item", "")[:100]) if words else ""
+    item = request.args.get("item", "")
+    return words.format(item=item) if words and CONFIRMED_ITEM.match(item) else ""
 
 
 def _page(template: str, title: str, error: ApiError | None = None, **page: Any) -> Response:
@@ -116,8 +122,7 @@ def import_upload() -> Response:
     written then); 413 over `server.max_upload_bytes`.
     """
     admin = check_form_csrf()
-    ctx = context()
-    request.max_content_length = ctx.settings.server.max_upload_bytes
+    ctx = context()  # the body may reach server.max_upload_bytes: app/api allow_large_uploads
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         error = MissingFieldError("Choose a CSV file to upload.", field="file")
