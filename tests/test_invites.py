@@ -132,3 +132,14 @@ def test_the_cli_creates_and_lists_invites(db):
     listed = CliRunner().invoke(main, ["invite", "list"], env=env)
     assert "uploader" in listed.output and "open" in listed.output
     assert secret not in listed.output
+
+
+@pytest.mark.parametrize(
+    "password", ["short1!", "aaaaaaaaaaaa", "abababababab", "my-alice-password", "ALICE2026!!"]
+)
+def test_weak_passwords_are_refused_and_the_invite_stays_open(client, admin_auth, password):
+    made = invite(client, admin_auth)
+    response = register(client, made["secret"], password=password)
+    assert response.status_code == 400 and response.get_json()["error"] == "validation_failed"
+    assert "not containing your name" in response.get_json()["reason"]
+    assert register(client, made["secret"]).status_code == 201  # still open

@@ -6,6 +6,7 @@ ended, pages no cache may keep, a retry at one site while another site saw a res
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
 
 import pytest
 from conftest import basic_auth, write_csv
@@ -185,3 +186,19 @@ def test_basic_auth_people_keep_their_role_after_a_change_here(client, db, clock
     assert client.get("/api/users", headers=alice).status_code == 403
     client.patch("/api/users/alice", json={"role": "admin"}, headers=admin_auth)
     assert client.get("/api/users", headers=alice).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("part", "page"),
+    [
+        (f"/library/counts?info_hash={'ab' * 20}", "/library?q=love"),
+        ("/admin/import/0123456789abcdef", "/admin/import/0123456789abcdef"),
+    ],
+)
+def test_a_part_htmx_refreshes_after_the_session_ended_sends_the_tab_to_log_in(client, part, page):
+    response = client.get(
+        part, headers={"HX-Request": "true", "HX-Current-URL": f"http://localhost{page}"}
+    )
+    assert response.status_code == 401
+    assert response.headers["HX-Redirect"] == "/login?" + urlencode({"next": page})
+    assert "Location" not in response.headers  # not a redirect htmx would follow and swap in

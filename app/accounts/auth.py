@@ -117,7 +117,7 @@ def add_user(
     stored leaves a user who cannot log in until `distleech user passwd`.
     """
     check_name(name)
-    check_password(password)
+    check_password(password, name)
     password_hash = generate_password_hash(password)
     data = {"name": name, "admin": admin}
 
@@ -130,9 +130,22 @@ def add_user(
     credentials.set_password_hash(db, name, password_hash)
 
 
-def check_password(password: str) -> None:
-    if len(password) < 8:
-        raise ValidationFailedError("A password needs at least 8 characters.")
+MIN_PASSWORD_LENGTH = 8
+PASSWORD_RULE = (
+    f"at least {MIN_PASSWORD_LENGTH} characters, at least 5 different ones,"
+    " and not containing your name"
+)
+
+
+def check_password(password: str, name: str = "") -> None:
+    """The strength rule: long enough, not one character repeated, not the name in it.
+
+    A guess list would reject more, but the login limit (app/accounts/sessions.py)
+    already bounds online guessing; this rule stops what people type first.
+    """
+    weak = len(password) < MIN_PASSWORD_LENGTH or len(set(password)) < 5
+    if weak or (name and name.casefold() in password.casefold()):
+        raise ValidationFailedError(f"A password needs {PASSWORD_RULE}.", field="password")
 
 
 def change_password(db: Database, name: str, password: str, *, actor: str, now: datetime) -> None:
@@ -142,7 +155,7 @@ def change_password(db: Database, name: str, password: str, *, actor: str, now: 
     claims a change that did not happen (a crash in between leaves a changed
     password without its event, and the old password never works again).
     """
-    check_password(password)
+    check_password(password, name)
     user = db.get_or_none(user_doc_id(name))
     if not user or user.get("state") != "active":
         raise UserNotFoundError(f"No user {name!r}.", user=name)

@@ -87,7 +87,7 @@ def register(db: Database, secret: str, name: str, password: str, *, now: dateti
     name and password rules' errors.
     """
     check_name(name)
-    check_password(password)
+    check_password(password, name)
     invite_id = credentials.find_invite(db, credentials.token_sha256(secret))
     invite = db.get_or_none(invite_doc_id(invite_id)) if invite_id else None
     _check_open(invite, now)

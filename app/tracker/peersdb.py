@@ -23,7 +23,7 @@ reaper touches only `swarm:` documents.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -72,12 +72,16 @@ def list_swarms(peers_db: Database) -> Iterator[Doc]:
     yield from peers_db.iter_prefix(SWARM_PREFIX)
 
 
-def swarm_counts(peers_db: Database) -> dict[str, tuple[int, int]]:
-    """(seeders, leechers) of every stored swarm, by info hash."""
-    return {
-        row["key"]: (int(row["value"][0]), int(row["value"][1]))
-        for row in peers_db.iter_view("swarms", "counts")
-    }
+def swarm_counts(
+    peers_db: Database, info_hashes: Sequence[str] | None = None
+) -> dict[str, tuple[int, int]]:
+    """(seeders, leechers) by info hash: of these swarms (one keyed read), or of every one."""
+    rows = (
+        peers_db.view("swarms", "counts", keys=list(info_hashes))
+        if info_hashes is not None
+        else peers_db.iter_view("swarms", "counts")
+    )
+    return {row["key"]: (int(row["value"][0]), int(row["value"][1])) for row in rows}
 
 
 def torrents_of_user(peers_db: Database, user_id: int) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import Response, current_app, request, url_for
 
 from app.accounts import invites
-from app.accounts.auth import NAME_PATTERN_HELP
+from app.accounts.auth import MIN_PASSWORD_LENGTH, NAME_PATTERN_HELP, PASSWORD_RULE
 from app.api.accounts import end_session, open_session, set_session_cookie
 from app.api.web import context
 from app.errors import (
@@ -35,8 +35,6 @@ from app.web.pages import (
 
 bp = page_blueprint("auth_pages", __name__)
 
-# app.accounts.auth.check_password's rule, shown on the form (the server checks it).
-MIN_PASSWORD_LENGTH = 8
 # The API's limits on the same fields (app/api/accounts.py): longer is never valid.
 MAX_NAME, MAX_PASSWORD, MAX_INVITE = 64, 1024, 200
 
@@ -150,6 +148,7 @@ def _register_page(invite: str, name: str, error: ApiError | None = None) -> Res
         name=name,
         error=_words(error),
         min_password_length=MIN_PASSWORD_LENGTH,
+        password_rule=PASSWORD_RULE,
         name_help=NAME_PATTERN_HELP,
     )
     return _form_response(html, error)

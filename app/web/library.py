@@ -83,7 +83,7 @@ class Row:
 def tracker_counts(info_hashes: list[str]) -> dict[str, Counts]:
     """Seeders/leechers (the peers database) and snatches (`tracked:` projections) by hash."""
     ctx = context()
-    live = peersdb.swarm_counts(ctx.peers_db)
+    live = peersdb.swarm_counts(ctx.peers_db, info_hashes)
     tracked = ctx.db.get_many(tracked_doc_id(h) for h in info_hashes)
     counts = {}
     for info_hash in info_hashes:

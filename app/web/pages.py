@@ -133,7 +133,14 @@ def login_required(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if viewer() is None:
-            return see_other("/login?" + urlencode({"next": come_back_to()}))
+            login = "/login?" + urlencode({"next": come_back_to()})
+            if request.headers.get("HX-Request") == "true":
+                # htmx would swap the login page into the part it refreshes: the
+                # whole tab goes to log in instead (back to the page, not the part)
+                response = render_error_page(401, "authentication_required", "")
+                response.headers["HX-Redirect"] = login
+                return response
+            return see_other(login)
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -142,14 +149,21 @@ def login_required(view: F) -> F:
 def come_back_to() -> str:
     """Where a login should bring the browser back: this page, or for a form sent
     after the session ended, the page the form was on (its POST-only URL would be 405)."""
+    if request.headers.get("HX-Request") == "true":
+        return _same_site_path(request.headers.get("HX-Current-URL"))
     if request.method == "GET":
         here = request.path
         if request.query_string:
             here += "?" + request.query_string.decode("utf-8", "replace")
         return here
-    referrer = urlsplit(request.referrer or "")
-    if referrer.netloc == request.host and referrer.path.startswith("/"):
-        return safe_next(referrer.path + (f"?{referrer.query}" if referrer.query else ""))
+    return _same_site_path(request.referrer)
+
+
+def _same_site_path(url: str | None) -> str:
+    """The path (and query) of a URL of this site, else "/"."""
+    parts = urlsplit(url or "")
+    if parts.netloc == request.host and parts.path.startswith("/"):
+        return safe_next(parts.path + (f"?{parts.query}" if parts.query else ""))
     return "/"
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Response, current_app, request, url_for
 
 from app.accounts import people
-from app.accounts.auth import ADMIN, Principal
+from app.accounts.auth import ADMIN, MIN_PASSWORD_LENGTH, PASSWORD_RULE, Principal
 from app.accounts.invites import INVITE_ROLES, MAX_DAYS, public_invite
 from app.api.accounts import (
     change_own_password,
@@ -36,7 +36,7 @@ from app.errors import (
     ValidationFailedError,
 )
 from app.tracker.accounts import tracked_doc_id
-from app.web.auth_pages import MAX_PASSWORD, MIN_PASSWORD_LENGTH
+from app.web.auth_pages import MAX_PASSWORD
 from app.web.pages import (
     check_form_csrf,
     login_required,
@@ -198,6 +198,7 @@ def _profile_page(
         done=done,
         errors={form: page_reason(e.code, e.reason) for form, e in (errors or {}).items()},
         min_password_length=MIN_PASSWORD_LENGTH,
+        password_rule=PASSWORD_RULE,
     )
     response = current_app.response_class(html, status=status, mimetype="text/html")
     response.headers["Cache-Control"] = "private, no-store"  # the passkey is on it
