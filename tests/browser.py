@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -133,6 +134,7 @@ def page(browser: Browser, request: pytest.FixtureRequest, tmp_path: Path) -> It
     screenshot of it in its tmp_path (failure.png)."""
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
+    accept_dialogs(page)
     try:
         yield page
         if request.node.stash.get(FAILED, False):
@@ -151,6 +153,22 @@ def pytest_runtest_makereport(
     if call.when == "call" and report.failed:
         item.stash[FAILED] = True
     return report
+
+
+def accept_dialogs(page: Page) -> list[str]:
+    """Say yes to the page's confirmations (as a person who meant to click); return
+    the list their questions are collected in (the same list on every call)."""
+    asked: list[str] | None = getattr(page, "distleech_dialogs", None)
+    if asked is None:
+        asked = []
+        page.distleech_dialogs = asked
+
+        def answer(dialog: Any) -> None:
+            asked.append(dialog.message)
+            dialog.accept()
+
+        page.on("dialog", answer)
+    return asked
 
 
 def log_in(page: Page, base: str, name: str, password: str, then: str = "/") -> None:

@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from browser import log_in
+from browser import accept_dialogs, log_in
 from bt_clients import (
     LEECHER_IP,
     NETNS_REASON,
@@ -33,7 +33,7 @@ from app.api.tracker import torrent_with_announce
 pytestmark = pytest.mark.skipif(not in_loopback_only_netns(), reason=NETNS_REASON)
 
 ADMIN_PASSWORD = "correct horse battery"
-PASSWORD = "danas own password"
+PASSWORD = "hounds of love 1985"
 TOP = "Kate Bush - Hounds of Love (1985) [FLAC]"
 
 
@@ -127,11 +127,13 @@ def test_invite_register_upload_download_announce_and_be_disabled(
 
     # 8. the admin disables dana; her session ends and the tracker refuses her client
     admin = browser.new_context().new_page()
+    asked = accept_dialogs(admin)
     try:
         log_in(admin, base, "root", ADMIN_PASSWORD)
         admin.goto(f"{base}/admin/people")
         admin.get_by_role("button", name="Disable dana").click()
         expect(admin.locator("#person-dana")).to_contain_text("disabled")
+        assert asked == ["Disable dana? Their sessions end and the tracker refuses their passkey."]
     finally:
         admin.context.close()
     page.goto(f"{base}/profile")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from browser import fits_the_width, log_in, screenshot
+from browser import accept_dialogs, fits_the_width, log_in, screenshot
 from playwright.sync_api import Page, expect
 
 from app.accounts import people
@@ -13,8 +13,8 @@ from app.accounts.auth import add_user
 from app.tracker import members
 
 ADMIN_PASSWORD = "correct horse battery"
-PASSWORD = "carols first password"
-NEW_PASSWORD = "carols second password"
+PASSWORD = "first tall mountain"
+NEW_PASSWORD = "second tall mountain"
 
 
 def log_out(page: Page) -> None:
@@ -82,6 +82,7 @@ def test_invite_register_rotate_change_password_then_disabled(page, live_server,
 
     # the admin, in another browser, disables carol on /admin/people
     admin = page.context.browser.new_context(viewport=page.viewport_size).new_page()
+    accept_dialogs(admin)
     try:
         blocked += watch_csp(admin)
         log_in(admin, base, "root", ADMIN_PASSWORD)

@@ -65,6 +65,15 @@ def list_people(db: Database) -> list[Doc]:
     )
 
 
+def list_people_shown(db: Database) -> list[dict[str, Any]]:
+    """Every person as `public_person` shows them, tracker totals read in one request."""
+    docs = list_people(db)
+    tracked = db.get_many(tracker_user_doc_id(member_user_id(d["name"])) for d in docs)
+    return [
+        public_person(d, tracked.get(tracker_user_doc_id(member_user_id(d["name"])))) for d in docs
+    ]
+
+
 def issue_passkey(db: Database, name: str, *, actor: str, now: datetime) -> str:
     """Give an active person a new passkey (the first, or a rotation); return it.
 

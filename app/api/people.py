@@ -76,13 +76,7 @@ def rotate_passkey() -> Response:
 @requires(ADMIN)
 def list_users() -> Response:
     """Every person with role, state, right to invite and tracker totals. Who: admins."""
-    db = context().db
-    return jsonify(
-        [
-            people.public_person(doc, people.tracker_member(db, doc["name"]))
-            for doc in people.list_people(db)
-        ]
-    )
+    return jsonify(people.list_people_shown(context().db))
 
 
 @bp.patch("/api/users/<name>")

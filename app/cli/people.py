@@ -20,10 +20,7 @@ from app.timeutil import utcnow
 def user_list(as_json: bool) -> None:
     """List people: name, role, state, tracker totals."""
     db = cli_db(cli_settings())
-    shown = [
-        people.public_person(d, people.tracker_member(db, d["name"]))
-        for d in people.list_people(db)
-    ]
+    shown = people.list_people_shown(db)
     if as_json:
         click.echo(json.dumps(shown, indent=2))
         return

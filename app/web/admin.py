@@ -134,10 +134,7 @@ def revoke_invite(invite_id: str) -> Response:
 
 def _people_page(error: ApiError | None = None) -> Response:
     db = context().db
-    shown = []
-    for doc in people.list_people(db):
-        person = people.public_person(doc, people.tracker_member(db, doc["name"]))
-        shown.append(person | {"totals": format_totals(person)})
+    shown = [p | {"totals": format_totals(p)} for p in people.list_people_shown(db)]
     all_invites = [invites.public_invite(doc) for doc in invites.list_invites(db)]
     return _page(
         "admin/people.html",

@@ -129,10 +129,9 @@ def home() -> str:
 def events_fragment() -> Response:
     """The recent events list for htmx to swap in; 204 (nothing to swap) when none is newer."""
     db = context().db
+    if newest_event_id(db) == request.args.get("after", ""):
+        return Response(status=204)  # one id read: the usual answer of a poll
     events = recent_events(db)
-    newest = events[0]["id"] if events else ""
-    if newest == request.args.get("after", ""):
-        return Response(status=204)
     html = render_template("dashboard/_events.html", events=events, site=site_of(db))
     response = Response(html, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
@@ -264,21 +263,31 @@ def sites_with_lag(now: datetime) -> list[dict[str, Any]]:
 
 
 def recent_events(db: Database) -> list[dict[str, Any]]:
-    """The newest events of the log, newest first, each told in words.
+    """The newest events of the log, newest first, each told in words."""
+    rows = _newest_events(db, RECENT_EVENTS, include_docs=True)
+    return [describe_event(row["doc"]) for row in rows if row.get("doc")]
 
-    Event ids start with their UTC time (app/store/events.py new_event_id), so a
-    descending _all_docs read of the `ev:` range gives the latest: one short read.
-    """
+
+def newest_event_id(db: Database) -> str:
+    """The id of the log's newest event ("" when it has none), without reading its body."""
+    rows = _newest_events(db, 1)
+    return str(rows[0]["id"]) if rows else ""
+
+
+def _newest_events(db: Database, limit: int, **params: Any) -> list[dict[str, Any]]:
+    """The newest rows of the log: event ids start with their UTC time
+    (app/store/events.py new_event_id), so a descending `_all_docs` read of the
+    `ev:` range gives the latest in one short read."""
     log_db = event_log(db)
-    rows = log_db.server.get_json(
+    rows: list[dict[str, Any]] = log_db.server.get_json(
         f"{log_db.path}/_all_docs",
         descending=True,
         startkey=prefix_end(EVENT_PREFIX),
         endkey=EVENT_PREFIX,
-        limit=RECENT_EVENTS,
-        include_docs=True,
+        limit=limit,
+        **params,
     )["rows"]
-    return [describe_event(row["doc"]) for row in rows if row.get("doc")]
+    return rows
 
 
 def describe_event(event: Doc) -> dict[str, Any]:

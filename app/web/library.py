@@ -131,16 +131,21 @@ def make_rows(docs: list[Doc]) -> list[Row]:
 def browse_docs(sort: str, page: int) -> tuple[list[Doc], bool]:
     """One page of every torrent, newest first or by title; and whether more follow.
 
-    No view orders torrents by time or title yet, so every torrent document
-    is read and sorted here: fine for thousands, a view's job beyond that.
+    A keyed view orders them (torrents/by_registered, torrents/by_title): one
+    read of a page's documents, whatever the registry's size (skip grows with
+    the page number, as pages far down are rare).
     """
-    docs = list(context().db.iter_prefix("torrent:"))
-    if sort == "name":
-        docs.sort(key=lambda d: ((d.get("title") or d.get("name") or "").casefold(), d["_id"]))
-    else:
-        docs.sort(key=lambda d: (d.get("registered_at") or "", d["_id"]), reverse=True)
-    start = (page - 1) * PAGE_SIZE
-    return docs[start : start + PAGE_SIZE], len(docs) > start + PAGE_SIZE
+    by_name = sort == "name"
+    rows = context().db.view(
+        "torrents",
+        "by_title" if by_name else "by_registered",
+        descending=not by_name,
+        include_docs=True,
+        skip=(page - 1) * PAGE_SIZE,
+        limit=PAGE_SIZE + 1,
+    )
+    docs = [row["doc"] for row in rows if row.get("doc")]
+    return docs[:PAGE_SIZE], len(docs) > PAGE_SIZE
 
 
 def search_docs(query: str, page: int) -> tuple[list[Doc], bool]:

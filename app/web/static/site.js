@@ -18,5 +18,16 @@
     again.addEventListener("input", check);
   }
 
+  // Buttons that undo something for somebody (disable, revoke, replace a passkey) ask
+  // first. Without JavaScript the form is sent at once: the button's words say what it does.
+  function confirmBeforeSending(event) {
+    var button = event.submitter;
+    var question = button && button.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", checkPasswordsMatch);
+  document.addEventListener("submit", confirmBeforeSending);
 })();
