@@ -132,6 +132,12 @@ def test_the_cli_creates_and_lists_invites(db):
     listed = CliRunner().invoke(main, ["invite", "list"], env=env)
     assert "uploader" in listed.output and "open" in listed.output
     assert secret not in listed.output
+    invite_id = listed.output.split()[0]
+    revoked = CliRunner().invoke(main, ["invite", "revoke", invite_id], env=env)
+    assert revoked.exit_code == 0 and f"invite {invite_id} revoked" in revoked.output
+    assert "revoked" in CliRunner().invoke(main, ["invite", "list"], env=env).output
+    again = CliRunner().invoke(main, ["invite", "revoke", "0000"], env=env)
+    assert again.exit_code == 1 and "not_found" in again.output
 
 
 @pytest.mark.parametrize(

@@ -196,3 +196,23 @@ def test_the_people_commands_manage_roles_passkeys_and_access(client, db, admin_
     assert members.find_user_by_passkey(db, rotated.output.strip())["name"] == "alice"
     unknown = runner.invoke(main, ["user", "disable", "nobody"])
     assert unknown.exit_code == 1 and "user_not_found" in unknown.output
+
+
+def test_the_running_tracker_refuses_a_rotated_passkey_within_a_moment(
+    client, db, admin_auth, clock, tmp_path
+):
+    alice = register(client, admin_auth)
+    old = profile(client, alice)["passkey"]
+    accounts.register_torrent(db, IH, 5, "Album", actor="test", now=clock())
+    tracker = TrackerProcess(db, tmp_path)
+    try:
+        wait_for(lambda: b"complete" in tracker.announce(IH, PEER, old), 10, "the old passkey")
+        new = client.post("/api/profile/passkey", headers=alice).get_json()["passkey"]
+        wait_for(
+            lambda: b"failure reason" in tracker.announce(IH, PEER, old),
+            10,
+            "the tracker to refuse the old passkey",
+        )
+        assert b"complete" in tracker.announce(IH, PEER, new)
+    finally:
+        tracker.stop(signal.SIGKILL)

@@ -309,6 +309,17 @@ def invite_create(role: str, days: float) -> None:
     click.echo(f"(invite for a {role}, until {doc['expires_at']}: shown once)", err=True)
 
 
+@invite.command("revoke")
+@click.argument("invite_id")
+@fail_on_api_error
+def invite_revoke(invite_id: str) -> None:
+    """Revoke an open invite by its id (`invite list` shows it): its link stops working."""
+    from app.accounts.invites import revoke_invite
+
+    doc = revoke_invite(cli_db(cli_settings()), invite_id, actor=cli_actor(), now=utcnow())
+    click.echo(f"invite {invite_id} {doc['state']}")
+
+
 @invite.command("list")
 def invite_list() -> None:
     """List invites: id, role, state, expiry, who used it (never a secret)."""
