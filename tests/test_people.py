@@ -56,7 +56,7 @@ def test_registering_issues_a_passkey_the_tracker_knows_and_the_log_never_holds(
         0,
     )
     passkey = shown["passkey"]
-    assert shown["announce_url"].endswith(f"/{passkey}/announce")
+    assert shown["announce_url"].endswith(f"/announce?passkey={passkey}")
     found = members.find_user_by_passkey(db, passkey)
     assert found is not None and found["name"] == "alice"
     assert found["user_id"] == people.member_user_id("alice") == shown["tracker_user_id"]

@@ -76,7 +76,7 @@ def test_the_profile_shows_totals_swarms_and_the_passkey_and_is_never_cached(
     assert "Some Album (2020) [FLAC]" in text  # the name of what they seed, not its hash
     passkey = people.get_passkey(db, "alice")
     assert passkey_on(response.text) == passkey
-    assert f"/{passkey}/announce" in response.text
+    assert f"/announce?passkey={passkey}" in response.text
     assert 'aria-current="page"' in response.text  # "Profile" in the navigation
 
 

@@ -43,7 +43,11 @@ def profile_of(name: str) -> dict[str, Any]:
     in_swarms = peersdb.torrents_of_user(ctx.peers_db, tracked["user_id"]) if tracked else []
     return shown | {
         "passkey": passkey,
-        "announce_url": f"{announce_base(ctx.settings)}/{passkey}/announce" if passkey else None,
+        # the form the downloaded .torrents carry: libtorrent and qBittorrent refuse the
+        # /<passkey>/announce form on a loopback tracker (their SSRF guard)
+        "announce_url": f"{announce_base(ctx.settings)}/announce?passkey={passkey}"
+        if passkey
+        else None,
         "seeding": sorted({s["info_hash"] for s in in_swarms if s["seeding"]}),
         "leeching": sorted({s["info_hash"] for s in in_swarms if not s["seeding"]}),
     }
