@@ -159,7 +159,7 @@ def test_register_with_an_invite_creates_the_member_and_logs_them_in(client, db,
     form = client.get(f"/register?invite={secret}")
     assert form.status_code == 200
     assert f'value="{secret}"' in form.text
-    assert "At least 8 characters." in form.text
+    assert "A password needs at least 8 characters" in form.text
     assert '<label for="password_again">' in form.text
 
     response = client.post(
