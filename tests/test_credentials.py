@@ -22,7 +22,8 @@ from app.store.events import read_events
 from app.store.projections import rebuild_projections
 from app.store.setup import init_database
 
-ADMIN_PW, ALICE_PW, ALICE_NEW_PW = "correct horse battery", "first garden gate", "second garden gate"
+ADMIN_PW = "correct horse battery"
+ALICE_PW, ALICE_NEW_PW = "first garden gate", "second garden gate"
 
 
 def all_documents(database):
