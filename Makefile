@@ -10,11 +10,12 @@ BIN := $(VENV)/bin
 # tests: Playwright launches it by path, never downloads a browser) and `ip` for the
 # test network namespace. Installed only when missing and only as root (CI); elsewhere
 # the tests that need them say so and skip.
-# (opentracker: the client tests' control run, and the benchmark's native ceiling.)
+# (opentracker: the client tests' control run, and the benchmark's native ceiling;
+# rabbitmq-server: the AMQP bridge's tests, tests/rabbitmq.py.)
 DEBS := aria2 transmission-daemon transmission-cli qbittorrent-nox rtorrent opentracker \
-	chromium iproute2
+	chromium iproute2 rabbitmq-server
 DEB_BINARIES := aria2c transmission-daemon transmission-remote qbittorrent-nox rtorrent \
-	opentracker chromium ip
+	opentracker chromium ip rabbitmq-server
 # `make bench` also measures the npm tracker and opentracker under wrk.
 BENCH_DEBS := wrk opentracker
 BENCH_BINARIES := wrk opentracker
@@ -42,6 +43,10 @@ apt:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PKGS) >/dev/null; \
 	    : "a systemd host would start Debian's opentracker service on 6969, our tracker's port"; \
 	    systemctl disable --now opentracker >/dev/null 2>&1 || true; \
+	    : "and Debian's rabbitmq-server on 5672 (the AMQP tests start their own broker)"; \
+	    systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true; \
+	    : "without systemd, its init script may have started it: stop that too"; \
+	    service rabbitmq-server stop >/dev/null 2>&1 || true; \
 	  else \
 	    echo "note: $(PKGS) missing and not root: what needs them will skip"; \
 	  fi; \

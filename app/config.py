@@ -21,7 +21,12 @@ import yaml
 
 ENV_PREFIX = "DISTLEECH_"
 # Keys that may only come from the environment: secrets never live in a file.
-ENV_ONLY_KEYS = {("couchdb", "username"), ("couchdb", "password")}
+ENV_ONLY_KEYS = {
+    ("couchdb", "username"),
+    ("couchdb", "password"),
+    ("amqp", "username"),
+    ("amqp", "password"),
+}
 # The same for every other site's credentials (DISTLEECH_SITES__<NAME>__USERNAME).
 SITE_ENV_ONLY_KEYS = ("username", "password")
 DIRECTIONS = ("push", "pull", "both")
@@ -138,6 +143,71 @@ class TrackerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class SourcesSettings:
+    """Remote sources synchronised by workers with gallery-dl (app/sources/)."""
+
+    sync_minutes: float = 60  # a sync order's lease; then another worker may take it
+    max_attempts: int = 3  # failed syncs of one order before it stays failed
+    schedule_seconds: float = 60  # how often the scheduler queues the syncs that are due
+
+
+@dataclasses.dataclass(frozen=True)
+class EventsSettings:
+    """The event stream (server-sent events) and webhooks (app/stream/)."""
+
+    heartbeat_seconds: float = 15  # an SSE comment line this often keeps proxies from closing
+    batch: int = 500  # events read from the log per request to CouchDB
+    webhook_seconds: float = 5  # the delivery job runs this often
+    webhook_timeout_seconds: float = 5  # a receiver slower than this counts as failed
+    webhook_max_attempts: int = 8  # then the delivery is a dead letter
+    webhook_backoff_seconds: float = 10  # the first retry; doubled each time
+    webhook_batch: int = 100  # deliveries per webhook per run of the job (bounded work)
+    # A response of GET /api/events ends after this long (a client may ask for less):
+    # an open stream holds one of gunicorn's threads, and clients resume by Last-Event-ID.
+    stream_max_seconds: float = 300
+    retry_seconds: float = 2  # SSE `retry:`: how soon a client reconnects after a response ends
+    max_streams: int = 4  # open streams per app process; more get 503 (threads stay free)
+    # Webhook URLs whose host is (or resolves to) a loopback, link-local or private
+    # address are refused unless this is true: an admin's URL must not reach the
+    # internal network (cloud metadata, CouchDB itself) from the scheduler's host.
+    webhook_allow_private: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class AmqpSettings:
+    """The optional AMQP bridge to the original http_downloader's neighbours (off by default)."""
+
+    enabled: bool = False  # `distleech run` starts `distleech amqp bridge` only when true
+    url: str = "amqp://127.0.0.1:5672/%2F"  # without credentials: they come from the environment
+    username: str = ""  # from the environment only
+    password: str = ""
+    # A bridge without a checkpoint publishes the whole log (true), or only what happens
+    # from its first start on (false: for a big archive whose history nobody wants again).
+    from_start: bool = True
+    batch: int = 100  # events read from the log per page; the checkpoint moves per page
+    prefetch: int = 10  # unacknowledged sync orders the broker hands the bridge at once
+    poll_seconds: float = 1.0  # an idle bridge looks at the log this often (and serves orders)
+    reconnect_seconds: float = 1.0  # the first wait after the broker went away; doubled each time
+    reconnect_max_seconds: float = 30.0  # up to this
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageSettings:
+    """Where the recorded files live on this machine, for storage status (app/storage/).
+
+    The counts come from the records; these paths only say where to measure
+    free space and where `distleech storage check` looks by default.
+    """
+
+    content_root: str = ""  # this machine's path of the workers' content root; empty: unknown
+    # Ingest volumes, as the scanner recorded their paths, separated by commas: each groups
+    # every listing under it and is shown even before anything is recorded there. A
+    # listing under none of them belongs to the directory that holds it (the scanned one).
+    ingest_volumes: str = ""
+    check_examples: int = 20  # missing files a check keeps by name (the rest are only counted)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     couchdb: CouchSettings = dataclasses.field(default_factory=CouchSettings)
     site: SiteSettings = dataclasses.field(default_factory=SiteSettings)
@@ -147,6 +217,10 @@ class Settings:
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
     workers: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
     tracker: TrackerSettings = dataclasses.field(default_factory=TrackerSettings)
+    sources: SourcesSettings = dataclasses.field(default_factory=SourcesSettings)
+    events: EventsSettings = dataclasses.field(default_factory=EventsSettings)
+    amqp: AmqpSettings = dataclasses.field(default_factory=AmqpSettings)
+    storage: StorageSettings = dataclasses.field(default_factory=StorageSettings)
     # The other sites, by their site.name (lower case: environment keys are).
     sites: dict[str, SiteLinkSettings] = dataclasses.field(default_factory=dict)
 
@@ -197,6 +271,9 @@ _DB_URL = "https?://[^/@\\s]+(:[0-9]+)?/[a-z][a-z0-9_$()+-]*/?"
 _LINK["properties"]["url"]["pattern"] = f"^{_DB_URL}$"
 _LINK["properties"]["accounts_url"]["pattern"] = f"^$|^{_DB_URL}$"
 _LINK["properties"]["direction"]["enum"] = list(DIRECTIONS)
+_STORAGE = SCHEMA["properties"]["storage"]["properties"]
+_STORAGE["content_root"]["pattern"] = "^$|^/"  # absolute, or empty: unknown here
+_STORAGE["ingest_volumes"]["pattern"] = "^\\s*$|^\\s*/[^,]*(,\\s*/[^,]*)*$"  # absolute paths
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

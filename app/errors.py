@@ -372,3 +372,96 @@ class BatchTooLargeError(ApiError):
     """More listings, or more files over all listings, than one batch may carry."""
 
     status, code = 400, "batch_too_large"
+
+
+# Remote sources and their sync orders (app/sources/, /api/sources).
+
+
+class InvalidSourceIdError(ApiError):
+    status, code = 400, "invalid_source_id"
+
+
+class InvalidContentPathError(ApiError):
+    """A content path that is absolute, has `..`/empty segments or control characters."""
+
+    status, code = 400, "invalid_content_path"
+
+
+class InvalidFilenameError(ApiError):
+    """A worker's file name that could leave its source's content path."""
+
+    status, code = 400, "invalid_filename"
+
+
+class InvalidScheduleError(ApiError):
+    status, code = 400, "invalid_schedule"
+
+
+class InvalidCookiesError(ApiError):
+    status, code = 400, "invalid_cookies"
+
+
+class SourceNotFoundError(ApiError):
+    status, code = 404, "source_not_found"
+
+
+class SourceExistsError(ApiError):
+    status, code = 409, "source_exists"
+
+
+class SourceDisabledError(ApiError):
+    status, code = 409, "source_disabled"
+
+
+class OrderNotFoundError(ApiError):
+    """No sync order of this source has that id (a typo, or another source's order)."""
+
+    status, code = 404, "order_not_found"
+
+
+# The event stream and webhooks (app/stream/).
+
+
+class InvalidEventIdError(ApiError):
+    """A Last-Event-ID (or ?since=) that is no sequence of this event log."""
+
+    status, code = 400, "invalid_event_id"
+
+
+class TooManyStreamsError(ApiError):
+    """This app process has events.max_streams event streams open; try again shortly."""
+
+    status, code = 503, "too_many_streams"
+
+
+class WebhookNotFoundError(ApiError):
+    status, code = 404, "webhook_not_found"
+
+
+class DeadLetterNotFoundError(ApiError):
+    status, code = 404, "dead_letter_not_found"
+
+
+# Storage status (app/storage/, /api/storage, `distleech storage check`).
+
+
+class StorageRootNotFoundError(ApiError):
+    """No content root or ingest volume has that name (the reason lists the known ones)."""
+
+    status, code = 404, "storage_root_not_found"
+
+
+# Sync orders: who may report on a round and renew its lease (app/sources/dispatch.py).
+
+
+class NotOrderHolderError(ApiError):
+    """File reports for a round of a sync order the caller never leased (nor an admin)."""
+
+    status, code = 403, "not_order_holder"
+
+
+class LeaseNotHeldError(ApiError):
+    """A lease renewal from a worker that does not hold the order now (it expired, was
+    handed on, or the order ended): its results are still taken; it cannot extend it."""
+
+    status, code = 409, "lease_not_held"

@@ -9,6 +9,7 @@ process happened to import. Registering again changes nothing.
 
 from __future__ import annotations
 
+from app import sources, stream
 from app.accounts import auth, invites
 from app.queues import albums, archive, downloads, workers
 from app.registry import aggregate as torrents
@@ -28,6 +29,8 @@ PROJECTORS: dict[str, Projector] = {
     tracker_accounts.TRACKED: tracker_accounts.apply_tracked_event,
     tracker_accounts.TRACKER_USER: tracker_accounts.apply_tracker_user_event,
     tracker_accounts.WHITELIST: tracker_accounts.apply_whitelist_event,
+    **sources.PROJECTORS,
+    **stream.PROJECTORS,
 }
 
 

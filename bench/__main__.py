@@ -12,7 +12,18 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import import_csv, lease, match, rebuild, replicate, sites_sim, stats, tracker, verify
+from bench import (
+    events,
+    import_csv,
+    lease,
+    match,
+    rebuild,
+    replicate,
+    sites_sim,
+    stats,
+    tracker,
+    verify,
+)
 from bench.harness import quick_from_env
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -25,6 +36,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "match": match.run,
     "verify": verify.run,
     "tracker": tracker.run,
+    "events": events.run,
 }
 
 

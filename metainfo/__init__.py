@@ -1,4 +1,4 @@
-"""What a torrent is, read from its bytes or from a Gazelle site's JSON: no I/O, no store.
+"""What a torrent is (read from its bytes or a Gazelle site's JSON), and safe paths: no I/O.
 
 Shared by the coordinator (app/registry) and by what runs on a worker's
 machine (worker/), so it imports nothing from either. What it refuses, it
@@ -7,5 +7,7 @@ into the API's errors at its boundary (app/registry/parse.py).
 
 - metainfo.torrent: .torrent files (info hash, files, piece hashes);
 - metainfo.gazelle: a Gazelle `action=torrent` response;
-- metainfo.names: info hashes, site torrent ids, file-path keys.
+- metainfo.names: info hashes, site torrent ids, file-path keys;
+- metainfo.paths: the rule for relative paths inside a content root (sources'
+  content paths and file names), shared by the coordinator and the sync worker.
 """

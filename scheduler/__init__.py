@@ -22,7 +22,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 
-from app import connect
+from app import connect, sources, stream
 from app.config import ConfigError, Settings
 from app.projectors import register_projectors
 from app.sites.links import site_links
@@ -45,6 +45,8 @@ def job_intervals(settings: Settings) -> list[tuple[Job, float]]:
         (jobs.catch_up_projections, section.projector_seconds),
         (jobs.snapshot_stats, section.stats_seconds),
         (jobs.stale_peer_reaper(settings), section.reap_seconds),
+        *sources.scheduled_jobs(settings),
+        *stream.scheduled_jobs(settings),
     ] + site_jobs(settings)
 
 

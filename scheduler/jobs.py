@@ -16,6 +16,7 @@ from app.config import Settings
 from app.queues import leasing
 from app.sites import replication
 from app.sites.links import SiteLink
+from app.storage import status as storage_status
 from app.store import catchup, projections
 from app.store.couch import Database
 from app.tracker import peersdb
@@ -54,11 +55,13 @@ def snapshot_stats(db: Database, now: datetime) -> dict[str, Any]:
     """Recount the stats snapshot that /stats serves, so /stats never reduces a whole view.
 
     Then note a point of the dashboard's throughput history (at most one every
-    few minutes) and re-rank its members' leaderboard, for the same reason.
+    few minutes), re-rank its members' leaderboard and recount storage per root
+    (app/storage/status.py, at most every few minutes), for the same reason.
     """
     snapshot = stats.snapshot_stats(db, now)
     stats.record_history(db, snapshot, now)
     stats.snapshot_leaders(db, now)
+    storage_status.snapshot_storage(db, now)  # at most every few minutes
     return snapshot
 
 

@@ -19,7 +19,8 @@ from app.projectors import register_projectors
 from app.store.couch import CouchServer, CouchUnavailableError, Database
 from app.store.setup import init_database
 
-pytest_plugins = ["browser"]  # tests/browser.py: chromium, live_server, page
+# tests/browser.py: chromium, live_server, page; tests/rabbitmq.py: a private broker
+pytest_plugins = ["browser", "rabbitmq"]
 
 register_projectors()  # as create_app, the CLI and the scheduler do at start-up
 

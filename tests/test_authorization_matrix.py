@@ -6,8 +6,8 @@ caller that is let in may still get a 4xx for its (empty) request: the test
 only checks the door. Refused callers get 401 from the API when they sent no
 credential, 403 with the wrong role; a page sends an anonymous browser to
 /login and answers the wrong role with a 403 page. People call with a login
-session and its CSRF token (as the pages do); workers and queuers with
-their tokens.
+session and its CSRF token (as the pages do); workers, queuers and readers
+(the event stream) with their tokens.
 """
 
 from __future__ import annotations
@@ -16,22 +16,25 @@ import pytest
 from conftest import token_header
 
 from app.accounts import invites
+from app.accounts.auth import issue_token
 
-ANONYMOUS, MEMBER, UPLOADER, WORKER, QUEUER, ADMIN = (
+ANONYMOUS, MEMBER, UPLOADER, WORKER, QUEUER, READER, ADMIN = (
     "anonymous",
     "member",
     "uploader",
     "worker",
     "queuer",
+    "reader",
     "admin",
 )
-CALLERS = (ANONYMOUS, MEMBER, UPLOADER, WORKER, QUEUER, ADMIN)
+CALLERS = (ANONYMOUS, MEMBER, UPLOADER, WORKER, QUEUER, READER, ADMIN)
 EVERYONE = frozenset(CALLERS)
 PEOPLE = frozenset({MEMBER, UPLOADER, ADMIN})
 UPLOADERS = frozenset({UPLOADER, ADMIN})
 WORKERS = frozenset({WORKER, ADMIN})
 WORKERS_AND_PEOPLE = WORKERS | PEOPLE
 QUEUERS = frozenset({QUEUER, ADMIN})
+READERS = frozenset({READER, ADMIN})
 ADMINS = frozenset({ADMIN})
 
 # endpoint → who may call it (every method of the route)
@@ -60,6 +63,31 @@ MATRIX: dict[str, frozenset[str]] = {
     "admin.release_lease": ADMINS,
     "archive.list_tasks": ADMINS,
     "archive.retry_task": ADMINS,
+    # sources (gallery-dl syncs)
+    "sources.add_source": ADMINS,
+    "sources.list_sources": ADMINS,
+    "sources.get_source": ADMINS,
+    "sources.change_source": ADMINS,
+    "sources.set_cookies": ADMINS,
+    "sources.remove_cookies": ADMINS,
+    "sources.order_sync": ADMINS,
+    "sources.list_files": ADMINS,
+    "sources.lease_next": WORKERS,
+    "sources.record_files": WORKERS,
+    "sources.report_synchronised": WORKERS,
+    "sources.renew_lease": WORKERS,
+    # storage status
+    "storage.storage_status": WORKERS,
+    "storage.storage_statistics": EVERYONE,  # as /api/status (Patchwork)
+    # the event stream and webhooks
+    "events.stream_events": READERS,
+    "events.add_webhook": ADMINS,
+    "events.list_webhooks": ADMINS,
+    "events.show_webhook": ADMINS,
+    "events.remove_webhook": ADMINS,
+    "events.list_dead_letters": ADMINS,
+    "events.redeliver_dead_letter": ADMINS,
+    "events.redeliver_dead_letters": ADMINS,
     # the original clients' queues
     "metadata.lease_metadata": WORKERS,
     "metadata.submit_metadata": WORKERS,
@@ -161,6 +189,9 @@ PATH_VALUES = {
     "task_id": "1",
     "id": "1",
     "import_id": "0123456789abcdef",
+    "source_id": "nosuchsource",
+    "webhook_id": "0123456789abcdef",
+    "delivery_id": "0123456789abcdef",
     "album_id": "1",
 }
 # Asked last: they end the caller's login session.
@@ -201,12 +232,13 @@ def person(client, db, clock, admin_auth, role):
 
 @pytest.fixture
 def caller_headers(app, db, clock, admin_auth, worker_token, queuer_token):
+    reader_token = issue_token(db, "reader-1", READER, actor="test", now=clock())
+    tokens = {WORKER: worker_token, QUEUER: queuer_token, READER: reader_token}
+
     def headers_for(client, caller):
         if caller in PEOPLE:
             return person(client, db, clock, admin_auth, caller)
-        return {WORKER: token_header(worker_token), QUEUER: token_header(queuer_token)}.get(
-            caller, {}
-        )
+        return token_header(tokens[caller]) if caller in tokens else {}
 
     return headers_for
 

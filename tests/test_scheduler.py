@@ -129,6 +129,8 @@ def test_jobs_are_registered_by_name_with_the_configured_intervals(db):
         "catch_up_projections",
         "snapshot_stats",
         "reap_stale_peers",
+        "queue_due_syncs",
+        "deliver_webhooks",
     }
     intervals = {name: job.trigger.interval for name, job in registered.items()}
     assert intervals == {
@@ -136,6 +138,8 @@ def test_jobs_are_registered_by_name_with_the_configured_intervals(db):
         "reap_stale_peers": timedelta(seconds=7),
         "catch_up_projections": timedelta(seconds=3),
         "snapshot_stats": timedelta(seconds=11),
+        "queue_due_syncs": timedelta(seconds=60),  # sources.schedule_seconds
+        "deliver_webhooks": timedelta(seconds=5),  # events.webhook_seconds
     }
     assert all(job.coalesce and job.max_instances == 1 for job in registered.values())
 

@@ -39,6 +39,7 @@ from worker.gazelle import (
     shared_limiter,
     site_base_url,
 )
+from worker.sync import sync
 
 log = logging.getLogger(__name__)
 
@@ -278,3 +279,6 @@ def download(
         )
         reports = run_loop(fetcher.run_batch, loop)
     _summarise(reports, "torrents")
+
+
+worker.add_command(sync)

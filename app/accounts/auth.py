@@ -44,7 +44,8 @@ from app.timeutil import utcnow
 
 ADMIN, WORKER, QUEUER, ANONYMOUS = "admin", "worker", "queuer", "anonymous"
 MEMBER, UPLOADER = "member", "uploader"  # people's roles; each includes the one before
-TOKEN_ROLES = (WORKER, QUEUER)
+READER = "reader"  # a token that may follow the event stream (GET /api/events) and nothing else
+TOKEN_ROLES = (WORKER, QUEUER, READER)
 # What a role may also act as (an admin may act as anything: see `requires`).
 ROLE_INCLUDES = {UPLOADER: (MEMBER,)}
 NAME_PATTERN_HELP = "1-64 characters: letters, digits, '.', '_', '-', '@' (not only dots)"

@@ -17,11 +17,14 @@ def register_blueprints(app: Flask) -> None:
         admin,
         archive,
         cache,
+        events,
         ingest,
         metadata,
         people,
         sites,
+        sources,
         stats,
+        storage,
         tokens,
         torrents,
         tracker,
@@ -31,7 +34,7 @@ def register_blueprints(app: Flask) -> None:
     app.before_request(allow_large_uploads)
     modules = (
         *(metadata, archive, stats, admin, torrents, ingest, cache, tracker, sites),
-        *(accounts, people, tokens),
+        *(accounts, people, tokens, sources, events, storage),
     )
     for module in modules:
         app.register_blueprint(module.bp)
@@ -53,7 +56,7 @@ def allow_large_uploads() -> None:
         ].settings.server.max_upload_bytes
 
 
-LEASING_GETS = frozenset({"metadata.lease_metadata", "archive.lease_next"})
+LEASING_GETS = frozenset({"metadata.lease_metadata", "archive.lease_next", "sources.lease_next"})
 
 
 def refuse_cross_site_writes() -> None:

@@ -12,6 +12,7 @@ from typing import IO, Any
 import click
 
 from app import connect
+from app.accounts.auth import TOKEN_ROLES
 from app.cli.common import Main, cli_actor, cli_db, cli_settings, fail_on_api_error, shown_url
 from app.config import ConfigError, load_settings
 from app.errors import ApiError
@@ -34,9 +35,13 @@ def main() -> None:
 
 def _add_subgroups() -> None:
     """Attach the command groups that live beside the code they drive."""
+    from app.cli.amqp import amqp
     from app.cli.people import COMMANDS as USER_COMMANDS
     from app.cli.queues import lease
+    from app.cli.sources import source
+    from app.cli.storage import storage
     from app.cli.tracker import tracker
+    from app.cli.webhooks import webhook
     from worker.cli import worker
     from worker.scanner import ingest
 
@@ -44,6 +49,10 @@ def _add_subgroups() -> None:
     main.add_command(ingest)
     main.add_command(worker)
     main.add_command(tracker)
+    main.add_command(source)
+    main.add_command(webhook)
+    main.add_command(storage)
+    main.add_command(amqp)
     main.add_command(lease)
     for command in USER_COMMANDS:
         user.add_command(command)
@@ -233,12 +242,12 @@ def user_passwd(name: str, password_stdin: bool) -> None:
 
 @main.group()
 def token() -> None:
-    """Manage worker and queuer tokens (sent as X-AUTHENTICATION or Authorization: Bearer)."""
+    """Manage worker, queuer and reader tokens (X-AUTHENTICATION or Authorization: Bearer)."""
 
 
 @token.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["worker", "queuer"]), required=True)
+@click.option("--role", type=click.Choice(TOKEN_ROLES), required=True)
 @fail_on_api_error
 def token_add(name: str, role: str) -> None:
     """Create a token and print it once; only its hash is stored."""

@@ -1,4 +1,5 @@
-"""`distleech run`: start the bundled CouchDB, the app, the scheduler and the tracker.
+"""`distleech run`: start the bundled CouchDB, the app, the scheduler and the tracker
+(and the AMQP bridge when amqp.enabled is true).
 
 When couchdb.url names a server, no bundled server is started. Logs go to
 var/log/; the bundled server's data to var/couchdb/. Ctrl-C (or SIGTERM)
@@ -7,6 +8,13 @@ swarms behind on the way out), then the database.
 
 Start-up never waits for indexes: they are warmed in the background, each
 view logged as it starts and when it is warm, while the app already serves.
+The app, the scheduler, the tracker and the bundled CouchDB are the site: when
+one of them dies, everything stops (say so, exit 1). The AMQP bridge is an
+optional part (OPTIONAL): when it exits, the others keep running and it is
+started again after a backoff (Restarter: 1 s doubling up to a minute, back
+to 1 s once it ran a minute), so a broker or a bug in the bridge never takes
+the site down. An invalid `amqp` section fails before anything starts.
+
 No child outlives the supervisor: each gets SIGTERM when it dies, even by
 SIGKILL (bundled.die_with_parent), and var/run.json names what a crashed run
 left behind so that the next start can stop it or say plainly what is wrong.
@@ -24,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -40,6 +49,8 @@ from app.tracker.peersdb import init_peers_database
 
 VAR = Path(os.environ.get("DISTLEECH_VAR", Path.cwd() / "var"))
 CHILD_MARKS = {"couchdb": "pouchdb-server", "app": "app.cli", "scheduler": "app.cli"}
+OPTIONAL = frozenset({"amqp"})  # parts restarted when they exit; the others stop everything
+Spawner = Callable[[], subprocess.Popen[bytes]]
 
 
 def _spawn(args: list[str], log_name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -76,11 +87,13 @@ class _Stop:
 
 def run_all(settings: Settings) -> int:
     """Run until Ctrl-C or until a part dies; return the exit status."""
+    _check_amqp_settings(settings)
     _Stop.install()
     _stop_what_a_crashed_run_left()
     _check_ports_free(settings)
     env = dict(os.environ)
     children: dict[str, subprocess.Popen[bytes]] = {}
+    optional: dict[str, Spawner] = {}
     warming: Warming | None = None
     try:
         if not settings.couchdb.url:
@@ -99,10 +112,13 @@ def run_all(settings: Settings) -> int:
             children["scheduler"] = _spawn(exe + ["scheduler"], "scheduler.log", env)
         if settings.tracker.enabled:
             children["tracker"] = _spawn(exe + ["tracker", "serve"], "tracker.log", env)
+        if settings.amqp.enabled:  # off by default; a down broker never blocks the others
+            optional["amqp"] = lambda: _spawn(exe + ["amqp", "bridge"], "amqp.log", env)
+            children["amqp"] = optional["amqp"]()
         _write_run_file(children)
         _print_banner(settings, url, "couchdb" in children)
         warming = Warming(design_doc_targets(db), say=_say, record=db).start()
-        return _watch(children)
+        return _watch(children, optional)
     finally:
         if warming is not None:
             warming.cancel()
@@ -135,15 +151,99 @@ def _init_until_ready(db: Database, url: str, settings: Settings) -> bool:
     return False
 
 
-def _watch(children: dict[str, subprocess.Popen[bytes]]) -> int:
+def _check_amqp_settings(settings: Settings) -> None:
+    """Refuse a bad `amqp` section before anything starts (the bridge would only
+    exit on it again and again, restarted each time)."""
+    if not settings.amqp.enabled:
+        return
+    from app.amqp.bridge import check_settings  # pika only when the bridge is on
+    from app.config import ConfigError
+
+    try:
+        check_settings(settings.amqp)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@dataclasses.dataclass
+class Restarter:
+    """When to start an optional part again: a wait doubling from `first` up to `most`,
+    back to `first` once the part ran `steady` seconds (a crash loop waits longer and
+    longer; a rare exit is met at once)."""
+
+    first: float = 1.0
+    most: float = 60.0
+    steady: float = 60.0
+    started_at: float = 0.0
+    due_at: float | None = None
+    wait: float = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.wait = self.first
+
+    def exited(self, now: float) -> float:
+        """Note an exit at `now`; the seconds until the restart."""
+        if now - self.started_at >= self.steady:
+            self.wait = self.first
+        self.due_at = now + self.wait
+        self.wait = min(self.most, self.wait * 2)
+        return self.due_at - now
+
+    def is_due(self, now: float) -> bool:
+        return self.due_at is not None and now >= self.due_at
+
+    def started(self, now: float) -> None:
+        self.started_at, self.due_at = now, None
+
+
+def watch_step(
+    children: dict[str, subprocess.Popen[bytes]],
+    optional: dict[str, Spawner],
+    restarters: dict[str, Restarter],
+    now: float,
+) -> int | None:
+    """One look at the children: an exit status to stop with, or None to go on.
+
+    A required part that died stops everything (1). An optional part that
+    exited is started again by its spawner once its Restarter says so.
+    """
+    dead = [name for name, proc in children.items() if proc.poll() is not None]
+    if "couchdb" in dead:
+        _say(f"the bundled CouchDB stopped; see {VAR / 'couchdb' / 'server.log'}")
+        return 1
+    required = [name for name in dead if name not in optional]
+    if required:
+        _say(f"{', '.join(required)} stopped unexpectedly; see {VAR / 'log'}; stopping everything")
+        return 1
+    for name in dead:
+        _restart_when_due(name, children, optional[name], restarters, now)
+    return None
+
+
+def _restart_when_due(
+    name: str,
+    children: dict[str, subprocess.Popen[bytes]],
+    spawn: Spawner,
+    restarters: dict[str, Restarter],
+    now: float,
+) -> None:
+    restarter = restarters.setdefault(name, Restarter(started_at=now))
+    if restarter.due_at is None:
+        wait = restarter.exited(now)
+        code = children[name].returncode
+        _say(f"{name} exited ({code}); see {VAR / 'log'}; starting it again in {wait:.0f} s")
+    elif restarter.is_due(now):
+        children[name] = spawn()
+        restarter.started(now)
+        _write_run_file(children)
+
+
+def _watch(children: dict[str, subprocess.Popen[bytes]], optional: dict[str, Spawner]) -> int:
+    restarters = {name: Restarter(started_at=time.monotonic()) for name in optional}
     while not _Stop.requested:
-        dead = [name for name, proc in children.items() if proc.poll() is not None]
-        if "couchdb" in dead:
-            _say(f"the bundled CouchDB stopped; see {VAR / 'couchdb' / 'server.log'}")
-            return 1
-        if dead:
-            _say(f"{', '.join(dead)} stopped unexpectedly; see {VAR / 'log'}; stopping everything")
-            return 1
+        stopped = watch_step(children, optional, restarters, time.monotonic())
+        if stopped is not None:
+            return stopped
         time.sleep(0.5)
     return 0
 
@@ -254,6 +354,9 @@ def _print_banner(settings: Settings, url: str, bundled_server: bool) -> None:
     if settings.tracker.enabled:
         tracker_url = f"http://{settings.tracker.host.split(',')[0]}:{settings.tracker.port}"
         _say(f"tracker:        {tracker_url}/announce?passkey=<passkey>")
+    if settings.amqp.enabled:
+        amqp_url = redact_credentials(settings.amqp.url, settings.amqp.password)
+        _say(f"AMQP bridge:    {amqp_url} (http_downloader's queues; log: amqp.log)")
     _say(f"logs:           {VAR / 'log'}")
     _say("first admin:    .venv/bin/distleech user add NAME --admin")
     _say("invite someone: .venv/bin/distleech invite create   (prints their registration link)")

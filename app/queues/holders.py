@@ -8,7 +8,9 @@ When another site's lease of the same item arrives, the item keeps both:
 becomes the latest of all, so the reaper returns the item only when every
 lease has run out. A holder whose lease ends (it expired, it was released,
 its worker reported the item not found) leaves; the item is ready again only
-when nobody holds it.
+when nobody holds it. A holder still at work may renew its own lease
+(`lease_renewed` {holder, expires_at}), so long work is not reaped and
+handed to a second worker while the first still runs.
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ def with_holder(lease: Lease | None, new: Lease) -> Lease | None:
     return lease_of([*holders, new])
 
 
+def with_renewed_holder(lease: Lease | None, holder: str, expires_at: str) -> Lease | None:
+    """The lease with `holder`'s own expiry moved on to `expires_at` (never back); others
+    keep theirs. A lease this holder is not part of is returned unchanged."""
+    holders = [
+        {**h, "expires_at": max(h["expires_at"], expires_at)} if h["holder"] == holder else h
+        for h in holders_of(lease)
+    ]
+    return lease_of(holders) if holders else lease
+
+
 def without_holders(lease: Lease | None, names: list[str] | None) -> Lease | None:
     """The lease once these holders left; `names` None (an event that does not say
     whose lease ended) means all of them."""
@@ -86,6 +98,11 @@ def apply_lease_event(state: Doc, event: Doc) -> bool:
         elif state.get("state") == READY:
             state["state"] = LEASED
             state["lease"] = lease
+    elif name == "lease_renewed":  # a holder still at work extends its own lease
+        if state.get("state") == LEASED:
+            state["lease"] = with_renewed_holder(
+                state.get("lease"), data["holder"], data["expires_at"]
+            )
     elif name in ("lease_expired", "released"):
         names = data.get("holders") or ([data["holder"]] if data.get("holder") else None)
         end_lease(state, names, event["at"])

@@ -27,6 +27,7 @@ QUEUE_GROUPS: dict[str, tuple[str, str]] = {
     "metadata": (albums.QUEUE, albums.QUEUE),
     "downloads": ("download:", "download:\ufff0"),
     "archive": (archive.QUEUE, archive.QUEUE),
+    "sources": ("sources", "sources"),  # sync orders (app/sources/orders.py)
 }
 MAX_ID_CHARS = 500
 MAX_REASON_CHARS = 1000
@@ -145,6 +146,8 @@ def describe(doc: Doc) -> str:
         return f"torrent {doc.get('siteTorrentId')} on {doc.get('site')}"
     if doc.get("type") == "urltask":
         return str(doc.get("url", ""))
+    if doc.get("type") == "syncorder":
+        return f"sync of source {doc.get('source_id', '')}"
     return str(doc["_id"])
 
 

@@ -1,4 +1,4 @@
-"""Dashboard at `/`: queue progress, throughput, workers, leaderboards, live events, sites.
+"""Dashboard at `/`: queue progress, throughput, workers, leaderboards, events, sites, storage.
 
 Every figure comes from where the JSON API takes it, so a person and a script
 never see two different numbers: queue counts from app/stats.py (the same call
@@ -28,6 +28,7 @@ from app.accounts.auth import ADMIN
 from app.api.web import context
 from app.queues.workers import list_workers
 from app.sites.status import lag, site_statuses
+from app.storage.status import INGEST, get_storage
 from app.store.couch import Database, prefix_end
 from app.store.designdocs import get_warming_state
 from app.store.events import EVENT_PREFIX, Doc, event_log, site_of
@@ -67,10 +68,16 @@ NOUNS = {
     "tracked": ("tracked torrent", "tracked torrents"),
     "trackeruser": ("tracker member", "tracker members"),
     "whitelist": ("client rule", "client rules"),
+    "source": ("source", "sources"),
+    "syncorder": ("sync order", "sync orders"),
+    "sourcefile": ("source file", "source files"),
+    "webhook": ("webhook", "webhooks"),
 }
 # event names that read badly as "<name> for <things>"
 VERBS = {
     "torrents_found": "found torrents for",
+    "dispatched": "handed out",
+    "lease_renewed": "renewed the lease of",
     "not_found": "found no torrent for",
     "transferred": "recorded traffic of",
     "heartbeat_recorded": "recorded a heartbeat of",
@@ -120,6 +127,7 @@ def home() -> str:
         events=recent_events(ctx.db),
         site=site_of(ctx.db),
         sites=sites_with_lag(now),
+        storage=storage_panel(),
         now=now,
     )
 
@@ -260,6 +268,36 @@ def sites_with_lag(now: datetime) -> list[dict[str, Any]]:
             flows[flow]["error"] = site["flows"][flow]["last_error"] if admin else None
         sites.append({**site, "lag": {flow: flows[flow] for flow in site["flows"]}})
     return sites
+
+
+def storage_panel() -> dict[str, Any]:
+    """What GET /api/storage answers, by the same call, so the two always agree.
+
+    Local paths and missing files' names only to admins (as GET /api/storage,
+    which only workers and admins may call); every person sees the numbers.
+    An ingest volume is named by its absolute path, so others see it as
+    "ingest volume 1", "ingest volume 2"… (opaque_volume_names).
+    """
+    ctx = context()
+    indexes = get_warming_state(ctx.db)
+    warming = bool(indexes and indexes.get("state") == "warming")
+    figures = get_storage(ctx.db, ctx.settings, ctx.clock(), stale=warming)
+    person = viewer()
+    if person is None or not has_role(person, ADMIN):
+        opaque_volume_names(figures["roots"])
+    return figures
+
+
+def opaque_volume_names(roots: list[dict[str, Any]]) -> None:
+    """Hide local paths: ingest volumes renamed by their place, paths and examples cleared."""
+    number = 0
+    for root in roots:
+        if root["kind"] == INGEST:
+            number += 1
+            root["name"] = f"ingest volume {number}"
+        root["path"] = None
+        if root["last_check"]:
+            root["last_check"].update(path=None, examples=[], mismatched_examples=[])
 
 
 def recent_events(db: Database) -> list[dict[str, Any]]:
