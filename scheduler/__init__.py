@@ -136,13 +136,17 @@ def follow_leadership(scheduler: BaseScheduler, leader: Leader, now: datetime) -
 
 @contextlib.contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Set `stop` on SIGINT/SIGTERM while inside the block (main thread only)."""
+    """Set `stop` on SIGINT/SIGTERM while inside the block (main thread only).
+
+    Shared by the long-running commands (`distleech scheduler`, `distleech amqp
+    bridge`): each ends its current step and closes its connections.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s, stopping the scheduler", signal.Signals(signum).name)
+        log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}

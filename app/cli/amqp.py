@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import signal
 import threading
-from collections.abc import Iterator
-from types import FrameType
 
 import click
 
 from app.cli.common import cli_db, cli_settings
 from app.config import ConfigError
+from scheduler import stop_on_signals
 
 
 @click.group()
@@ -46,24 +43,9 @@ def bridge() -> None:
         raise click.ClickException(str(exc)) from None
     db = cli_db(settings)
     stop = threading.Event()
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop):
         run_bridge(db, settings.amqp, stop)
     log.info("AMQP bridge stopped")
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Set `stop` on SIGINT/SIGTERM: the bridge ends its step and closes the connection."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @amqp.command()
