@@ -4,6 +4,7 @@
 - app/stream/sse.py: GET /api/events, the log as server-sent events;
 - app/stream/webhooks.py: the webhook aggregate and its secret;
 - app/stream/delivery.py: the scheduler job that delivers, retries and gives up;
+- app/stream/posting.py: one signed POST, to public addresses only;
 - app/stream/deadletters.py: deliveries that failed every attempt, and their redelivery.
 """
 
