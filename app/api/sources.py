@@ -22,7 +22,7 @@ from app.errors import (
     ValidationFailedError,
 )
 from app.queues.archive import check_reason
-from app.sources import aggregate, checks, cookies, dispatch, files, orders
+from app.sources import aggregate, checks, cookies, dispatch, files, matching, orders
 from app.sources.aggregate import SourceSpec
 
 bp = Blueprint("sources", __name__)
@@ -330,6 +330,9 @@ def report_synchronised(source_id: str) -> Response:
     """End a sync order: "synchronised", or "failed" with a reason (retried). Who: workers.
 
     Answers the order's state; a failure after `sources.max_attempts` is final.
+    After "synchronised" the source's present files are matched against the
+    torrent registry as ingest listings (app/sources/matching.py), summarised
+    in "ingest".
     """
     source_id = checks.check_source_id(source_id)
     body = _object()
@@ -352,4 +355,8 @@ def report_synchronised(source_id: str) -> Response:
     )
     max_attempts = ctx.settings.sources.max_attempts
     report = orders.report_result(ctx.db, result, now=ctx.clock(), max_attempts=max_attempts)
+    synchronised = status == orders.SYNCHRONISED == report.get("state")
+    if synchronised and "ignored" not in report:
+        # the source's files are matched like an ingest listing (a retry matches again: no-op)
+        report["ingest"] = matching.match_source(ctx.db, source_id, now=ctx.clock())
     return jsonify(report)

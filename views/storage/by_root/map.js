@@ -6,10 +6,13 @@
 // (group_level=3) in the scheduler's snapshot job and divides by the records there, so two
 // torrents at one directory (cross-seeded) count once; app/storage/check.py reads the
 // recorded roots (group_level=2) and one root's rows (reduce=false) to check them on disk.
+// Torrents located on the content root ("content:/…", app/sources/matching.py) are left out:
+// their files are the source files already counted there.
 function (doc) {
   if (doc.type === 'sourcefile' && doc.present === true && typeof doc.location === 'string') {
     emit(['content', 'content', doc.location], [1, typeof doc.size === 'number' ? doc.size : 0, 1]);
-  } else if (doc.type === 'torrent' && doc.location && typeof doc.location.path === 'string') {
+  } else if (doc.type === 'torrent' && doc.location && typeof doc.location.path === 'string' &&
+             doc.location.path.indexOf('content:/') !== 0) {
     var path = doc.location.path;
     var cut = path.lastIndexOf('/');
     var files = 0, bytes = 0, list = doc.files || [];
