@@ -17,7 +17,7 @@ from app import stats
 from app.api.web import context
 from app.errors import ValidationFailedError
 from app.sites.status import sites_lines, sites_summary
-from app.store.designdocs import get_warming_state
+from app.store.designdocs import get_warming_state, is_warming
 
 bp = Blueprint("stats", __name__)
 
@@ -69,8 +69,7 @@ def show_stats() -> Response:
     ctx = context()
     fmt = wanted_format(request)
     indexes = get_warming_state(ctx.db)
-    warming = bool(indexes and indexes.get("state") == "warming")
-    figures = stats.get_stats(ctx.db, ctx.clock(), stale=warming)
+    figures = stats.get_stats(ctx.db, ctx.clock(), stale=is_warming(indexes))
     sites = sites_summary(ctx.db, ctx.settings, ctx.clock())
     extra = [line for line in [_warming_line(indexes), *sites_lines(sites)] if line]
     if fmt == "json":

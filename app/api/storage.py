@@ -22,22 +22,21 @@ from app.accounts.auth import ANONYMOUS, WORKER, current_principal, requires
 from app.api.web import context
 from app.errors import AuthenticationRequiredError
 from app.storage.status import get_storage, storage_totals_now
-from app.store.designdocs import get_warming_state
+from app.store.designdocs import get_warming_state, is_warming
 from app.store.events import Doc
 
 bp = Blueprint("storage", __name__)
 
 
-def is_warming() -> bool:
+def _warming() -> bool:
     """Whether indexes are still warming: then the snapshot is read as stored, never counted."""
-    indexes = get_warming_state(context().db)
-    return bool(indexes and indexes.get("state") == "warming")
+    return is_warming(get_warming_state(context().db))
 
 
 def current_storage() -> Doc:
     """The storage status now; while indexes warm, as stored (never waiting for a build)."""
     ctx = context()
-    return get_storage(ctx.db, ctx.settings, ctx.clock(), stale=is_warming())
+    return get_storage(ctx.db, ctx.settings, ctx.clock(), stale=_warming())
 
 
 def check_not_anonymous() -> None:
@@ -58,4 +57,4 @@ def storage_status() -> Response:
 def storage_statistics() -> Response:
     """Patchwork's storage statistics: bytes used and number of files, over every root."""
     ctx = context()
-    return jsonify(storage_totals_now(ctx.db, ctx.clock(), stale=is_warming()))
+    return jsonify(storage_totals_now(ctx.db, ctx.clock(), stale=_warming()))

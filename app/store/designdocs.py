@@ -287,6 +287,12 @@ class Warming:
             log.debug("cannot record the warming state: %s", exc)
 
 
+def is_warming(state: dict[str, Any] | None) -> bool:
+    """Whether a warming state says indexes are still warming: then callers read stored
+    figures (stale) rather than count, which would wait for the index."""
+    return bool(state and state.get("state") == "warming")
+
+
 def get_warming_state(db: Database) -> dict[str, Any] | None:
     """The last warming state `distleech run` recorded (None if never)."""
     doc = db.get_or_none(WARMING_DOC_ID)

@@ -25,12 +25,13 @@ from flask import Response, jsonify, render_template, request
 
 from app import stats
 from app.accounts.auth import ADMIN
+from app.api.storage import current_storage
 from app.api.web import context
 from app.queues.workers import list_workers
 from app.sites.status import lag, site_statuses
-from app.storage.status import INGEST, get_storage
+from app.storage.status import INGEST
 from app.store.couch import Database, prefix_end
-from app.store.designdocs import get_warming_state
+from app.store.designdocs import get_warming_state, is_warming
 from app.store.events import EVENT_PREFIX, Doc, event_log, site_of
 from app.timeutil import iso, parse_iso
 from app.web.pages import (
@@ -158,9 +159,7 @@ def throughput_json() -> Response:
 def current_figures() -> dict[str, Any]:
     """The figures GET /stats answers, by the same call, so the two always agree."""
     ctx = context()
-    indexes = get_warming_state(ctx.db)
-    warming = bool(indexes and indexes.get("state") == "warming")
-    return stats.get_stats(ctx.db, ctx.clock(), stale=warming)
+    return stats.get_stats(ctx.db, ctx.clock(), stale=is_warming(get_warming_state(ctx.db)))
 
 
 def queue_columns(queues: dict[str, dict[str, int]]) -> list[str]:
@@ -278,10 +277,7 @@ def storage_panel() -> dict[str, Any]:
     An ingest volume is named by its absolute path, so others see it as
     "ingest volume 1", "ingest volume 2"… (opaque_volume_names).
     """
-    ctx = context()
-    indexes = get_warming_state(ctx.db)
-    warming = bool(indexes and indexes.get("state") == "warming")
-    figures = get_storage(ctx.db, ctx.settings, ctx.clock(), stale=warming)
+    figures = current_storage()
     person = viewer()
     if person is None or not has_role(person, ADMIN):
         opaque_volume_names(figures["roots"])
